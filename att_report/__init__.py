@@ -1,0 +1,24 @@
+"""att-report: static, offline HTML reports of what a transformer attends to.
+
+Two stages meet at one boundary on disk: `capture` (torch) writes a store, `render` (no torch) reads it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from att_report.errors import AttReportError
+from att_report.store import CaptureStore, load
+
+__version__ = "0.1.0"
+__all__ = ["AttReportError", "CaptureStore", "__version__", "capture", "load"]
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+
+def capture(*args: Any, **kwargs: Any) -> Path:
+    """Run a model on a prompt and store its attention; see `att_report.capture.capture`."""
+    from att_report.capture import capture as run_capture  # torch is imported only when capturing
+
+    return run_capture(*args, **kwargs)

@@ -1,0 +1,104 @@
+"""The `att-report` command: argparse subcommands, each mapped onto one library call."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from att_report import __version__
+from att_report.config import ATTENTION_DTYPE_CHOICES, MODEL_DTYPE_CHOICES, CaptureConfig, option_help
+from att_report.errors import AttReportError, UsageError
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand; a user mistake prints one line and returns a non-zero code, never a traceback."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except AttReportError as error:
+        print(f"att-report: error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("att-report: interrupted; nothing was written.", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="att-report", description="Static HTML reports of transformer attention.")
+    parser.add_argument("--version", action="version", version=f"att-report {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    capture = commands.add_parser("capture", help="run a model on a prompt and store its attention")
+    add_capture_arguments(capture)
+    capture.add_argument("-o", "--output", required=True, type=Path, help="the capture directory to write")
+    capture.set_defaults(handler=run_capture_command)
+    return parser
+
+
+def add_capture_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add every CaptureConfig option (shared by `capture` and `run`)."""
+    def helped(name: str) -> str:
+        return option_help(CaptureConfig, name)
+
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--prompt", help=helped("prompt"))
+    source.add_argument("--prompt-file", type=Path, help="read the prompt from a UTF-8 file")
+    parser.add_argument("--model", help=helped("model"))
+    parser.add_argument("--gguf-file", help=helped("gguf_file"))
+    parser.add_argument("--revision", help=helped("revision"))
+    parser.add_argument("--trust-remote-code", action="store_true", help=helped("trust_remote_code"))
+    parser.add_argument("--dtype", choices=MODEL_DTYPE_CHOICES, default="auto", help=helped("dtype"))
+    parser.add_argument("--device", default="auto", help=helped("device"))
+    parser.add_argument("--device-map", choices=["auto"], help=helped("device_map"))
+    parser.add_argument("--chat", action="store_true", help=helped("chat"))
+    parser.add_argument("--system", help=helped("system"))
+    given = parser.add_mutually_exclusive_group()
+    given.add_argument("--completion", help=helped("completion"))
+    given.add_argument("--completion-file", type=Path, help="read the known completion from a UTF-8 file")
+    parser.add_argument("--max-new-tokens", type=int, default=64, help=helped("max_new_tokens"))
+    parser.add_argument("--sample", action="store_true", help=helped("sample"))
+    parser.add_argument("--seed", type=int, default=0, help=helped("seed"))
+    parser.add_argument("--temperature", type=float, default=1.0, help=helped("temperature"))
+    parser.add_argument("--top-p", type=float, default=1.0, help=helped("top_p"))
+    parser.add_argument("--top-k", type=int, default=0, help=helped("top_k"))
+    parser.add_argument("--attention-dtype", choices=ATTENTION_DTYPE_CHOICES, default="float16", help=helped("attention_dtype"))
+    parser.add_argument("--force", action="store_true", help=helped("force"))
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
+
+
+def capture_config_from(args: argparse.Namespace) -> CaptureConfig:
+    """Map parsed flags onto a CaptureConfig, reading --prompt-file and --completion-file."""
+    prompt = args.prompt if args.prompt is not None else read_text_file(args.prompt_file, "--prompt-file")
+    completion = args.completion
+    if args.completion_file is not None:
+        completion = read_text_file(args.completion_file, "--completion-file")
+    return CaptureConfig(
+        prompt=prompt, model=args.model, gguf_file=args.gguf_file, revision=args.revision,
+        trust_remote_code=args.trust_remote_code, dtype=args.dtype, device=args.device, device_map=args.device_map,
+        chat=args.chat, system=args.system, completion=completion, max_new_tokens=args.max_new_tokens,
+        sample=args.sample, seed=args.seed, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+        attention_dtype=args.attention_dtype, force=args.force, progress=args.progress,
+    )
+
+
+def read_text_file(path: Path, flag: str) -> str:
+    """Read a UTF-8 text file named by a flag, or say why it cannot be read."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UsageError(f"{flag} {path} does not exist; give the path of a UTF-8 text file.")
+    except (OSError, UnicodeDecodeError) as error:
+        raise UsageError(f"{flag} {path} cannot be read as UTF-8 text ({error}); give a UTF-8 text file.")
+
+
+def run_capture_command(args: argparse.Namespace) -> int:
+    from att_report.capture import capture_with_config  # imports torch: only for capture commands
+
+    store = capture_with_config(capture_config_from(args), args.output)
+    print(f"capture written to {store}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

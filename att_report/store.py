@@ -1,0 +1,285 @@
+"""The capture store: the one boundary between capture and render.
+
+A store is a directory holding `manifest.json` and one `.npy` file per layer. It is written under a temporary name
+and renamed when complete (see `atomic.staged_directory`), and read here without torch. The format is specified in
+the README section "The capture store"; every change to it bumps FORMAT_VERSION.
+
+FORMAT_VERSION history:
+  1 - first version: float16/float32 attention, causal layers packed as their lower triangle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from att_report.errors import StoreError
+
+FORMAT_NAME = "att-report-capture"
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+LAYER_DIR = "attention"
+LAYOUT_LOWER_TRIANGLE = "lower-triangle"
+LAYOUT_SQUARE = "square"
+ATTENTION_DTYPES = ("float16", "float32")
+_HASH_CHUNK = 1 << 22
+
+REQUIRED_KEYS: dict[str, type | tuple[type, ...]] = {
+    "format": str,
+    "version": int,
+    "model": dict,
+    "tokens": dict,
+    "attention": dict,
+    "generation": dict,
+    "completion": dict,
+    "software": dict,
+    "timings": dict,
+}
+
+
+def layer_file_name(layer: int) -> str:
+    """Name the file of one layer, zero-padded so that a directory listing sorts by layer."""
+    return f"{LAYER_DIR}/layer-{layer:03d}.npy"
+
+
+@lru_cache(maxsize=4)
+def lower_triangle_mask(size: int) -> np.ndarray:
+    """Select the lower triangle, diagonal included; boolean indexing walks it row by row."""
+    return np.tri(size, dtype=bool)
+
+
+def pack_layer(attention: np.ndarray, causal: bool, dtype: str) -> np.ndarray:
+    """Turn a (heads, T, T) layer into its stored form: the lower triangle of each head for causal models."""
+    if causal:
+        attention = attention[:, lower_triangle_mask(attention.shape[-1])]
+    return np.ascontiguousarray(attention, dtype=np.dtype(dtype))
+
+
+def unpack_layer(stored: np.ndarray, causal: bool, num_tokens: int) -> np.ndarray:
+    """Invert `pack_layer` into a float32 (heads, T, T) array; the upper triangle of a causal layer is zero."""
+    if not causal:
+        return stored.astype(np.float32)
+    square = np.zeros((stored.shape[0], num_tokens, num_tokens), dtype=np.float32)
+    square[:, lower_triangle_mask(num_tokens)] = stored
+    return square
+
+
+def stored_shape(num_heads: int, num_tokens: int, causal: bool) -> tuple[int, ...]:
+    """Give the shape a layer file must have."""
+    if causal:
+        return (num_heads, num_tokens * (num_tokens + 1) // 2)
+    return (num_heads, num_tokens, num_tokens)
+
+
+def sha256_of(path: Path) -> str:
+    """Hash a file in chunks, so a multi-gigabyte layer never sits in memory twice."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class LayerWriter:
+    """Write the layers of one store, in order, into a staging directory, recording each file's checksum."""
+
+    def __init__(self, directory: Path, num_heads: int, num_tokens: int, causal: bool, dtype: str) -> None:
+        if dtype not in ATTENTION_DTYPES:
+            raise StoreError(f"attention dtype {dtype!r} is not storable; use one of {', '.join(ATTENTION_DTYPES)}.")
+        self.directory = directory
+        self.num_heads = num_heads
+        self.num_tokens = num_tokens
+        self.causal = causal
+        self.dtype = dtype
+        self.files: list[dict[str, Any]] = []
+        (directory / LAYER_DIR).mkdir(parents=True, exist_ok=True)
+
+    def write(self, attention: np.ndarray) -> None:
+        """Store the next layer, given as (heads, T, T)."""
+        expected = (self.num_heads, self.num_tokens, self.num_tokens)
+        if attention.shape != expected:
+            raise StoreError(f"layer {len(self.files)} has shape {attention.shape}, expected {expected}.")
+        relative = layer_file_name(len(self.files))
+        path = self.directory / relative
+        np.save(path, pack_layer(attention, self.causal, self.dtype), allow_pickle=False)
+        self.files.append({"path": relative, "sha256": sha256_of(path), "bytes": path.stat().st_size})
+
+    def attention_section(self) -> dict[str, Any]:
+        """Describe the written layers for the manifest."""
+        return {
+            "dtype": self.dtype,
+            "layout": LAYOUT_LOWER_TRIANGLE if self.causal else LAYOUT_SQUARE,
+            "num_tokens": self.num_tokens,
+            "files": self.files,
+        }
+
+
+def write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
+    """Write the manifest with sorted keys, so the same capture always gives the same bytes."""
+    document = {"format": FORMAT_NAME, "version": FORMAT_VERSION, **manifest}
+    (directory / MANIFEST_NAME).write_bytes(orjson.dumps(document, option=orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2))
+
+
+def is_store(path: Path) -> bool:
+    """Tell whether `path` looks like a store of ours (used before replacing it)."""
+    try:
+        return orjson.loads((path / MANIFEST_NAME).read_bytes()).get("format") == FORMAT_NAME
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+@dataclass(frozen=True)
+class CaptureStore:
+    """An opened store: the reader API of DESIGN.md. Layers are read memory-mapped, one at a time."""
+
+    path: Path
+    manifest: dict[str, Any]
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.manifest["model"]["num_layers"])
+
+    @property
+    def num_heads(self) -> int:
+        return int(self.manifest["model"]["num_heads"])
+
+    @property
+    def num_kv_heads(self) -> int:
+        return int(self.manifest["model"].get("num_kv_heads") or self.num_heads)
+
+    @property
+    def causal(self) -> bool:
+        return bool(self.manifest["model"]["causal"])
+
+    @property
+    def tokens(self) -> list[str]:
+        return list(self.manifest["tokens"]["text"])
+
+    @property
+    def token_ids(self) -> list[int]:
+        return list(self.manifest["tokens"]["ids"])
+
+    @property
+    def special(self) -> list[bool]:
+        return list(self.manifest["tokens"]["special"])
+
+    @property
+    def prompt_length(self) -> int:
+        return int(self.manifest["tokens"]["prompt_length"])
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.manifest["tokens"]["ids"])
+
+    @property
+    def attention_dtype(self) -> str:
+        return str(self.manifest["attention"]["dtype"])
+
+    def stored_layer(self, layer: int) -> np.ndarray:
+        """Open one layer as stored (packed, float16 or float32), memory-mapped."""
+        self._check_layer_index(layer)
+        entry = self.manifest["attention"]["files"][layer]
+        return np.load(self.path / entry["path"], mmap_mode="r", allow_pickle=False)
+
+    def attention(self, layer: int) -> np.ndarray:
+        """Return one layer's attention as float32 of shape (heads, T, T)."""
+        return unpack_layer(self.stored_layer(layer), self.causal, self.num_tokens)
+
+    def layers(self) -> Iterator[np.ndarray]:
+        """Yield every layer's attention in order, one in memory at a time."""
+        for layer in range(self.num_layers):
+            yield self.attention(layer)
+
+    def _check_layer_index(self, layer: int) -> None:
+        if not 0 <= layer < self.num_layers:
+            raise StoreError(f"layer {layer} is out of range; {self.path} has layers 0 to {self.num_layers - 1}.")
+
+
+def load(path: str | Path, verify: bool = True) -> CaptureStore:
+    """Open a store, checking its manifest, every layer file's shape and, with `verify`, every checksum."""
+    path = Path(path)
+    manifest = _read_manifest(path)
+    store = CaptureStore(path=path, manifest=manifest)
+    _check_tokens(store)
+    _check_layer_files(store, verify)
+    return store
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    manifest_path = path / MANIFEST_NAME
+    if not path.is_dir():
+        raise StoreError(f"{path} is not a directory; give the directory that `att-report capture -o` wrote.")
+    if not manifest_path.is_file():
+        raise StoreError(f"{path} has no {MANIFEST_NAME}, so it is not a complete capture; capture it again.")
+    try:
+        manifest = orjson.loads(manifest_path.read_bytes())
+    except orjson.JSONDecodeError as error:
+        raise StoreError(f"{manifest_path} is not valid JSON ({error}); the capture is damaged, capture it again.")
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
+        raise StoreError(f"{manifest_path} is not an att-report capture (its 'format' is not {FORMAT_NAME!r}).")
+    for key, kind in REQUIRED_KEYS.items():
+        if not isinstance(manifest.get(key), kind):
+            raise StoreError(f"{manifest_path} lacks a valid {key!r}; the capture is damaged, capture it again.")
+    version = manifest["version"]
+    if version > FORMAT_VERSION:
+        raise StoreError(
+            f"{path} uses store format version {version}, newer than the {FORMAT_VERSION} this att-report reads; "
+            "upgrade att-report (pip install -U att-report)."
+        )
+    if version < 1:
+        raise StoreError(f"{manifest_path} has an invalid 'version' {version}; the capture is damaged.")
+    return manifest
+
+
+def _check_tokens(store: CaptureStore) -> None:
+    tokens = store.manifest["tokens"]
+    lengths = {key: len(tokens.get(key) or []) for key in ("ids", "text", "special")}
+    if len(set(lengths.values())) != 1 or lengths["ids"] == 0:
+        raise StoreError(f"{store.path / MANIFEST_NAME} has inconsistent 'tokens' lists {lengths}; capture it again.")
+    if not 0 < store.prompt_length <= store.num_tokens:
+        raise StoreError(f"{store.path / MANIFEST_NAME} has an invalid 'tokens.prompt_length'; capture it again.")
+
+
+def _check_layer_files(store: CaptureStore, verify: bool) -> None:
+    section = store.manifest["attention"]
+    files = section.get("files") or []
+    if len(files) != store.num_layers:
+        raise StoreError(
+            f"{store.path / MANIFEST_NAME} lists {len(files)} layer files for {store.num_layers} layers; capture it again."
+        )
+    if section.get("dtype") not in ATTENTION_DTYPES:
+        raise StoreError(f"{store.path / MANIFEST_NAME} has an unknown 'attention.dtype' {section.get('dtype')!r}.")
+    expected_layout = LAYOUT_LOWER_TRIANGLE if store.causal else LAYOUT_SQUARE
+    if section.get("layout") != expected_layout:
+        raise StoreError(f"{store.path / MANIFEST_NAME} has 'attention.layout' {section.get('layout')!r}, expected {expected_layout!r}.")
+    shape = stored_shape(store.num_heads, store.num_tokens, store.causal)
+    for layer, entry in enumerate(files):
+        _check_layer_file(store, layer, entry, shape, verify)
+
+
+def _check_layer_file(store: CaptureStore, layer: int, entry: dict[str, Any], shape: tuple[int, ...], verify: bool) -> None:
+    file_path = store.path / str(entry.get("path", ""))
+    if not file_path.is_file():
+        raise StoreError(f"layer file {file_path} is missing; the capture is incomplete, capture it again.")
+    if file_path.stat().st_size != entry.get("bytes"):
+        raise StoreError(
+            f"layer file {file_path} has {file_path.stat().st_size} bytes, the manifest says {entry.get('bytes')}; "
+            "it is truncated or altered, capture it again."
+        )
+    if verify and sha256_of(file_path) != entry.get("sha256"):
+        raise StoreError(f"layer file {file_path} does not match its sha256 checksum; it is damaged, capture it again.")
+    try:
+        array = np.load(file_path, mmap_mode="r", allow_pickle=False)
+    except ValueError as error:
+        raise StoreError(f"layer file {file_path} is not a readable .npy array ({error}); capture it again.")
+    if array.shape != shape or array.dtype != np.dtype(store.attention_dtype):
+        raise StoreError(
+            f"layer file {file_path} holds {array.dtype} {array.shape}, expected {store.attention_dtype} {shape}."
+        )
