@@ -44,6 +44,8 @@ def add_capture_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--prompt", help=helped("prompt"))
     source.add_argument("--prompt-file", type=Path, help="read the prompt from a UTF-8 file")
+    source.add_argument("--prompts-file", type=Path,
+                        help="capture each line of a JSONL file ({\"prompt\", optional \"completion\", \"id\"}) into OUTPUT/ID")
     parser.add_argument("--model", help=helped("model"))
     parser.add_argument("--gguf-file", help=helped("gguf_file"))
     parser.add_argument("--revision", help=helped("revision"))
@@ -69,7 +71,12 @@ def add_capture_arguments(parser: argparse.ArgumentParser) -> None:
 
 def capture_config_from(args: argparse.Namespace) -> CaptureConfig:
     """Map parsed flags onto a CaptureConfig, reading --prompt-file and --completion-file."""
-    prompt = args.prompt if args.prompt is not None else read_text_file(args.prompt_file, "--prompt-file")
+    if args.prompt is not None:
+        prompt = args.prompt
+    elif args.prompt_file is not None:
+        prompt = read_text_file(args.prompt_file, "--prompt-file")
+    else:
+        prompt = ""  # --prompts-file: each line supplies its own prompt
     completion = args.completion
     if args.completion_file is not None:
         completion = read_text_file(args.completion_file, "--completion-file")
@@ -93,11 +100,23 @@ def read_text_file(path: Path, flag: str) -> str:
 
 
 def run_capture_command(args: argparse.Namespace) -> int:
+    if args.prompts_file is not None:
+        return run_batch_command(args)
     from att_report.capture import capture_with_config  # imports torch: only for capture commands
 
     store = capture_with_config(capture_config_from(args), args.output)
     print(f"capture written to {store}")
     return 0
+
+
+def run_batch_command(args: argparse.Namespace) -> int:
+    """Capture every prompt of a JSONL file; report failing lines at the end and exit 1 if any failed."""
+    from att_report.batch import capture_batch, summary_lines  # imports torch
+
+    result = capture_batch(capture_config_from(args), args.prompts_file, args.output)
+    for line in summary_lines(result, args.prompts_file):
+        print(line, file=sys.stderr if result.failures else sys.stdout)
+    return 1 if result.failures else 0
 
 
 if __name__ == "__main__":

@@ -87,6 +87,14 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def write_array(directory: Path, relative: str, array: np.ndarray) -> dict[str, Any]:
+    """Save one .npy file inside a store and describe it (path, checksum, size) for the manifest."""
+    path = directory / relative
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, np.ascontiguousarray(array), allow_pickle=False)
+    return {"path": relative, "sha256": sha256_of(path), "bytes": path.stat().st_size}
+
+
 class LayerWriter:
     """Write the layers of one store, in order, into a staging directory, recording each file's checksum."""
 
@@ -106,10 +114,8 @@ class LayerWriter:
         expected = (self.num_heads, self.num_tokens, self.num_tokens)
         if attention.shape != expected:
             raise StoreError(f"layer {len(self.files)} has shape {attention.shape}, expected {expected}.")
-        relative = layer_file_name(len(self.files))
-        path = self.directory / relative
-        np.save(path, pack_layer(attention, self.causal, self.dtype), allow_pickle=False)
-        self.files.append({"path": relative, "sha256": sha256_of(path), "bytes": path.stat().st_size})
+        packed = pack_layer(attention, self.causal, self.dtype)
+        self.files.append(write_array(self.directory, layer_file_name(len(self.files)), packed))
 
     def attention_section(self) -> dict[str, Any]:
         """Describe the written layers for the manifest."""

@@ -1,0 +1,131 @@
+"""Benchmark att-report on the embedded SmolLM2-135M-Instruct at about 1,000 tokens (not a test; prints figures).
+
+Capture: plain `generate` vs `att-report capture` on the same prompt and token count (ratio of medians over
+--runs), peak RSS of a capture in a fresh process against the model's own footprint, store bytes per value.
+Render: wall time, report bytes per stored attention value, largest file; in headless Chromium, time from
+opening a chunk to interactive and the time of one hover update.
+
+    python examples/benchmark.py [--runs 3] [--new-tokens 900] [--skip-browser]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+PROMPT = (
+    "Write a long, detailed essay about the history of the printing press, its inventors, how it spread across "
+    "Europe, and how it changed science, religion, politics and everyday life. Use many paragraphs."
+)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=3, help="runs per timing; medians are reported")
+    parser.add_argument("--new-tokens", type=int, default=900, help="tokens to generate")
+    parser.add_argument("--skip-browser", action="store_true", help="skip the headless Chromium timings")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as scratch:
+        store = benchmark_capture(Path(scratch), args.runs, args.new_tokens)
+        benchmark_render(Path(scratch), store, args.runs, args.skip_browser)
+
+
+def benchmark_capture(scratch: Path, runs: int, new_tokens: int) -> Path:
+    """Time generate and capture alternately on one loaded model; measure memory in a fresh process."""
+    import torch
+
+    from att_report.capture import capture_loaded
+    from att_report.config import CaptureConfig
+    from att_report.models import load_model
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    config = CaptureConfig(prompt=PROMPT, chat=True, max_new_tokens=new_tokens, force=True, progress=False)
+    loaded = load_model(config)
+    prompt_ids = loaded.tokenizer.apply_chat_template(
+        [{"role": "user", "content": PROMPT}], add_generation_prompt=True, tokenize=False)
+    input_ids = loaded.tokenizer(prompt_ids, add_special_tokens=False, return_tensors="pt").input_ids
+    generate_times, capture_times = [], []
+    store = scratch / "capture"
+    for _ in range(runs):
+        started = time.perf_counter()
+        with torch.inference_mode():
+            output = loaded.model.generate(input_ids, attention_mask=torch.ones_like(input_ids),
+                                           max_new_tokens=new_tokens, do_sample=False)
+        generate_times.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        capture_loaded(loaded, config, store, load_seconds=0.0)
+        capture_times.append(time.perf_counter() - started)
+    import att_report
+
+    opened = att_report.load(store)
+    assert opened.token_ids == output[0].tolist(), "capture and generate disagree on the tokens"
+    tokens, layers, heads = opened.num_tokens, opened.num_layers, opened.num_heads
+    store_bytes = sum(path.stat().st_size for path in store.rglob("*") if path.is_file())
+    values = layers * heads * tokens * tokens
+    report("capture", {
+        "tokens (prompt + completion)": f"{opened.prompt_length} + {tokens - opened.prompt_length} = {tokens}",
+        "plain generate, median s": round(statistics.median(generate_times), 2),
+        "att-report capture, median s": round(statistics.median(capture_times), 2),
+        "capture / generate": round(statistics.median(capture_times) / statistics.median(generate_times), 3),
+        "store MB": round(store_bytes / 1e6, 1),
+        "store bytes per attention value": round(store_bytes / values, 3),
+        **peak_memory(scratch, new_tokens, heads, tokens),
+    })
+    return store
+
+
+def peak_memory(scratch: Path, new_tokens: int, heads: int, tokens: int) -> dict[str, object]:
+    """Run generate, then capture, each in a fresh process, and compare their peak RSS."""
+    probe = f"""
+import resource, sys, torch
+from att_report.config import CaptureConfig
+from att_report.models import load_model
+config = CaptureConfig(prompt={PROMPT!r}, chat=True, max_new_tokens={new_tokens}, force=True, progress=False)
+loaded = load_model(config)
+loaded_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+if sys.argv[1] == "capture":
+    from att_report.capture import capture_loaded
+    capture_loaded(loaded, config, __import__("pathlib").Path({str(scratch / 'rss')!r}), 0.0)
+else:
+    text = loaded.tokenizer.apply_chat_template([{{"role": "user", "content": {PROMPT!r}}}], add_generation_prompt=True, tokenize=False)
+    ids = loaded.tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
+    with torch.inference_mode():
+        loaded.model.generate(ids, max_new_tokens={new_tokens}, do_sample=False)
+print(loaded_rss, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+    figures = {}
+    for mode in ("generate", "capture"):
+        result = subprocess.run([sys.executable, "-c", probe, mode], capture_output=True, text=True, check=True)
+        loaded_kb, peak_kb = map(int, result.stdout.split()[-2:])
+        figures[mode] = (loaded_kb / 1024, peak_kb / 1024)
+    layer_mb = heads * tokens * tokens * 4 / 2**20
+    model_mb = figures["capture"][0]
+    return {
+        "RSS after loading the model, MB": round(model_mb),
+        "peak RSS plain generate, MB": round(figures["generate"][1]),
+        "peak RSS capture, MB": round(figures["capture"][1]),
+        "one layer's float32 attention, MB": round(layer_mb, 1),
+        "capture peak over model, in layers": round((figures["capture"][1] - model_mb) / layer_mb, 2),
+    }
+
+
+def benchmark_render(scratch: Path, store: Path, runs: int, skip_browser: bool) -> None:
+    """Render the store (added with the renderer)."""
+
+
+def report(stage: str, figures: dict[str, object]) -> None:
+    print(f"== {stage}")
+    for name, value in figures.items():
+        print(f"  {name}: {value}")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

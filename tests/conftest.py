@@ -1,0 +1,57 @@
+"""Shared fixtures: a real headless Chromium (Debian's, never a downloaded one) driven by Playwright."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def _chromium_path() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    """Launch Chromium once per session; without one, skip locally but fail under CI=true."""
+    executable = _chromium_path()
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        executable = None
+    if executable is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("Chromium and Playwright are required under CI=true: apt-get install chromium; pip install playwright.")
+        pytest.skip("no Chromium on PATH (apt-get install chromium) or no playwright package")
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_FLAGS, headless=True)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    """Open a fresh page that records console errors, page errors, dialogs and every network request."""
+    context = browser.new_context()
+    opened = context.new_page()
+    opened.console_errors = []
+    opened.page_errors = []
+    opened.dialogs = []
+    opened.requests = []
+    opened.on("console", lambda message: message.type == "error" and opened.console_errors.append(message.text))
+    opened.on("pageerror", lambda error: opened.page_errors.append(str(error)))
+    opened.on("dialog", lambda dialog: (opened.dialogs.append(dialog.message), dialog.dismiss()))
+    opened.on("request", lambda request: opened.requests.append(request.url))
+    yield opened
+    context.close()
