@@ -26,9 +26,11 @@ from att_report.atomic import check_replaceable, staged_directory
 from att_report.config import CaptureConfig
 from att_report.errors import ModelError, UsageError
 from att_report.models import LoadedModel, context_length, is_causal_config, load_model, model_facts
+from att_report.neurons import NeuronRecorder, check_neuron_count, layer_modules, recording_neurons
 from att_report.prompts import PromptTokens, tokenize_input
 from att_report.recorder import AttentionSite, eager_attention, find_attention_sites, probe_attention, recording
-from att_report.store import LayerWriter, is_store, write_manifest
+from att_report.saliency import saliency_maps
+from att_report.store import LayerWriter, is_store, write_array, write_manifest
 from att_report.token_text import token_texts
 
 TOP_ALTERNATIVES = 5
@@ -66,9 +68,10 @@ def capture_loaded(loaded: LoadedModel, config: CaptureConfig, output: Path, loa
     check_replaceable(output, config.force, is_store, "capture")
     tokens = tokenize_input(loaded.tokenizer, config, loaded.causal)
     facts = model_facts(loaded)
-    _check_context(loaded, tokens, config)
+    _check_request(loaded, tokens, config)
     sites = find_attention_sites(loaded.model, facts["num_layers"])
     probe_attention(loaded.model, sites, tokens.prompt_ids, facts["num_heads"])
+    neurons = NeuronRecorder(config.neurons) if config.neurons else None
     timings = {"load_s": round(load_seconds, 3)}
     started = time.perf_counter()
     completion_ids, stop_reason = _completion(loaded, tokens, config)
@@ -77,19 +80,39 @@ def capture_loaded(loaded: LoadedModel, config: CaptureConfig, output: Path, loa
     started = time.perf_counter()
     with staged_directory(output) as staging:
         writer = LayerWriter(staging, facts["num_heads"], len(ids), loaded.causal, config.attention_dtype)
-        logits = _record(loaded, sites, ids, len(completion_ids), writer, config.progress)
+        logits = _record(loaded, sites, ids, len(completion_ids), writer, config.progress, neurons)
         timings["record_s"] = round(time.perf_counter() - started, 3)
-        write_manifest(staging, {
+        manifest = {
             "model": facts,
             "input": {"mode": tokens.mode, "prompt": config.prompt, "system": config.system},
             "tokens": _token_section(loaded.tokenizer, ids, len(tokens.prompt_ids)),
             "generation": _generation_section(config, tokens, stop_reason, loaded),
-            "completion": _completion_section(loaded.tokenizer, logits, completion_ids),
+            "completion": _completion_section(loaded.tokenizer, logits if loaded.causal else None, completion_ids),
             "attention": writer.attention_section(),
             "software": _software(),
             "timings": timings,
-        })
+        }
+        if neurons is not None:
+            manifest["neurons"] = _neuron_section(staging, neurons)
+        if not loaded.causal and logits is not None:
+            manifest["predictions"] = _prediction_section(loaded.tokenizer, logits, ids, config.predict_all)
+        if config.saliency:
+            started = time.perf_counter()
+            manifest["saliency"] = _saliency_section(staging, loaded, ids, len(tokens.prompt_ids), config.progress)
+            timings["saliency_s"] = round(time.perf_counter() - started, 3)
+        write_manifest(staging, manifest)
     return output
+
+
+def _check_request(loaded: LoadedModel, tokens: PromptTokens, config: CaptureConfig) -> None:
+    """Refuse what cannot work before any slow step: too long, or an analysis the model cannot give."""
+    _check_context(loaded, tokens, config)
+    if config.saliency and not loaded.causal:
+        raise UsageError("--saliency explains generated tokens, so it needs a causal LM; this model is an encoder.")
+    if config.neurons:
+        check_neuron_count(config.neurons, int(loaded.model.config.get_text_config().hidden_size))
+    if config.predict_all and loaded.causal:
+        raise UsageError("--predict-all is for encoders with a masked-LM head; this model is a causal LM.")
 
 
 def _check_context(loaded: LoadedModel, tokens: PromptTokens, config: CaptureConfig) -> None:
@@ -105,8 +128,8 @@ def _check_context(loaded: LoadedModel, tokens: PromptTokens, config: CaptureCon
             f"the prompt ({len(tokens.prompt_ids)} tokens) plus {extra} completion tokens exceeds the model's "
             f"context length of {limit}; shorten the prompt or lower --max-new-tokens."
         )
-    if loaded.causal and tokens.completion_ids is None and config.max_new_tokens < 1:
-        raise UsageError(f"--max-new-tokens is {config.max_new_tokens}; give at least 1.")
+    if config.max_new_tokens < 0:
+        raise UsageError(f"--max-new-tokens is {config.max_new_tokens}; give 0 (the prompt alone) or more.")
 
 
 def _completion(loaded: LoadedModel, tokens: PromptTokens, config: CaptureConfig) -> tuple[list[int], str | None]:
@@ -115,6 +138,8 @@ def _completion(loaded: LoadedModel, tokens: PromptTokens, config: CaptureConfig
         return [], None
     if tokens.completion_ids is not None:
         return tokens.completion_ids, None
+    if config.max_new_tokens == 0:
+        return [], None
     return generate(loaded, tokens.prompt_ids, config)
 
 
@@ -162,9 +187,13 @@ def _eos_ids(model: Any) -> list[int]:
 
 
 def _record(loaded: LoadedModel, sites: list[AttentionSite], ids: list[int], completion_length: int, writer: LayerWriter,
-            progress: bool) -> torch.Tensor | None:
-    """Run one eager forward pass, streaming each layer's weights to `writer`; return the completion's logits."""
+            progress: bool, neurons: NeuronRecorder | None) -> torch.Tensor | None:
+    """Run one eager forward pass, streaming each layer's weights to `writer`; return the logits worth keeping.
+
+    Those are the completion's logits for a causal model, every position's for an encoder with a masked-LM head.
+    """
     model = loaded.model
+    layers = layer_modules(model, len(sites)) if neurons is not None else []
     input_ids = torch.tensor([ids], device=model.device)
     options: dict[str, Any] = {}
     if loaded.causal and "logits_to_keep" in inspect.signature(model.forward).parameters:
@@ -178,15 +207,17 @@ def _record(loaded: LoadedModel, sites: list[AttentionSite], ids: list[int], com
         bar.update(1)
 
     try:
-        with eager_attention(model), torch.inference_mode(), recording(sites, store_layer):
+        with eager_attention(model), torch.inference_mode(), recording(sites, store_layer), \
+                recording_neurons(layers, neurons or NeuronRecorder(0)):
             outputs = model(input_ids, attention_mask=torch.ones_like(input_ids), use_cache=False, **options)
     finally:
         bar.close()
     if len(writer.files) != len(sites):
         raise ModelError(f"only {len(writer.files)} of {len(sites)} layers returned attention weights.")
-    if not loaded.causal or completion_length == 0:
+    logits = getattr(outputs, "logits", None)
+    if logits is None or (loaded.causal and completion_length == 0):
         return None
-    return outputs.logits[0, -(completion_length + 1):-1].float()
+    return logits[0].float() if not loaded.causal else logits[0, -(completion_length + 1):-1].float()
 
 
 def _token_section(tokenizer: Any, ids: list[int], prompt_length: int) -> dict[str, Any]:
@@ -201,7 +232,7 @@ def _token_section(tokenizer: Any, ids: list[int], prompt_length: int) -> dict[s
 
 def _generation_section(config: CaptureConfig, tokens: PromptTokens, stop_reason: str | None,
                         loaded: LoadedModel) -> dict[str, Any]:
-    if not loaded.causal:
+    if not loaded.causal or (tokens.completion_ids is None and config.max_new_tokens == 0):
         mode = "none"
     elif tokens.completion_ids is not None:
         mode = "given"
@@ -223,12 +254,44 @@ def _completion_section(tokenizer: Any, logits: torch.Tensor | None, completion_
     log_probs = torch.log_softmax(logits, dim=-1)
     chosen = log_probs[torch.arange(len(completion_ids)), torch.tensor(completion_ids, device=log_probs.device)]
     top_values, top_ids = log_probs.topk(TOP_ALTERNATIVES, dim=-1)
-    top = [
-        [{"id": int(token_id), "text": tokenizer.decode([int(token_id)]), "logprob": round(float(value), 5)}
-         for value, token_id in zip(values, ids_row)]
-        for values, ids_row in zip(top_values.cpu().numpy(), top_ids.cpu().numpy())
-    ]
+    top = [_alternatives(tokenizer, values, ids_row, "logprob")
+           for values, ids_row in zip(top_values.cpu().numpy(), top_ids.cpu().numpy())]
     return {"logprobs": [round(float(value), 5) for value in chosen.cpu().numpy()], "top": top}
+
+
+def _neuron_section(staging: Path, neurons: NeuronRecorder) -> dict[str, Any]:
+    units, values = neurons.arrays()
+    return {"k": neurons.k, "units": write_array(staging, "neurons/units.npy", units),
+            "values": write_array(staging, "neurons/values.npy", values)}
+
+
+def _saliency_section(staging: Path, loaded: LoadedModel, ids: list[int], prompt_length: int,
+                      progress: bool) -> dict[str, Any]:
+    maps = saliency_maps(loaded.model, ids, prompt_length, progress)
+    return {
+        "rows": maps.rows,
+        "targets": maps.targets,
+        "grad_norm": write_array(staging, "saliency/grad_norm.npy", maps.grad_norm),
+        "grad_x_input": write_array(staging, "saliency/grad_x_input.npy", maps.grad_x_input),
+    }
+
+
+def _prediction_section(tokenizer: Any, logits: torch.Tensor, ids: list[int], every_position: bool) -> dict[str, Any]:
+    """Give the masked-LM head's likeliest tokens at each [MASK] (or at every position)."""
+    mask_id = getattr(tokenizer, "mask_token_id", None)
+    positions = [index for index, token_id in enumerate(ids) if every_position or token_id == mask_id]
+    probabilities = torch.softmax(logits[positions], dim=-1) if positions else logits[:0]
+    top_values, top_ids = probabilities.topk(TOP_ALTERNATIVES, dim=-1)
+    return {
+        "positions": positions,
+        "top": [_alternatives(tokenizer, values, row_ids, "probability")
+                for values, row_ids in zip(top_values.cpu().numpy(), top_ids.cpu().numpy())],
+    }
+
+
+def _alternatives(tokenizer: Any, values: np.ndarray, token_ids: np.ndarray, key: str) -> list[dict[str, Any]]:
+    return [{"id": int(token_id), "text": tokenizer.decode([int(token_id)]), key: round(float(value), 5)}
+            for value, token_id in zip(values, token_ids)]
 
 
 def _software() -> dict[str, str]:

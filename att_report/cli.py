@@ -64,6 +64,9 @@ def add_capture_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=float, default=1.0, help=helped("temperature"))
     parser.add_argument("--top-p", type=float, default=1.0, help=helped("top_p"))
     parser.add_argument("--top-k", type=int, default=0, help=helped("top_k"))
+    parser.add_argument("--saliency", action="store_true", help=helped("saliency"))
+    parser.add_argument("--neurons", type=int, default=0, metavar="K", help=helped("neurons"))
+    parser.add_argument("--predict-all", action="store_true", help=helped("predict_all"))
     parser.add_argument("--attention-dtype", choices=ATTENTION_DTYPE_CHOICES, default="float16", help=helped("attention_dtype"))
     parser.add_argument("--force", action="store_true", help=helped("force"))
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
@@ -85,6 +88,7 @@ def capture_config_from(args: argparse.Namespace) -> CaptureConfig:
         trust_remote_code=args.trust_remote_code, dtype=args.dtype, device=args.device, device_map=args.device_map,
         chat=args.chat, system=args.system, completion=completion, max_new_tokens=args.max_new_tokens,
         sample=args.sample, seed=args.seed, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+        saliency=args.saliency, neurons=args.neurons, predict_all=args.predict_all,
         attention_dtype=args.attention_dtype, force=args.force, progress=args.progress,
     )
 

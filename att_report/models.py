@@ -9,7 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForMaskedLM,
+    AutoTokenizer,
+    PretrainedConfig,
+)
 
 from att_report.atomic import staged_directory
 from att_report.config import CaptureConfig
@@ -112,7 +119,7 @@ def _load_folder(source: str | Path, name: str, config: CaptureConfig, gguf_file
         extra["gguf_file"] = gguf_file
     model_config = _read_config(source, extra)
     causal = is_causal_config(model_config)
-    auto_class = AutoModelForCausalLM if causal else AutoModel
+    auto_class = AutoModelForCausalLM if causal else encoder_class(model_config)
     device_options = _device_options(config)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(source), **extra)
@@ -153,6 +160,13 @@ def is_causal_config(model_config: PretrainedConfig) -> bool:
     if model_config.model_type in ENCODER_MODEL_TYPES and not getattr(model_config, "is_decoder", False):
         return False
     return True
+
+
+def encoder_class(model_config: PretrainedConfig) -> type:
+    """Load an encoder with its masked-LM head when the checkpoint has one, so [MASK] predictions can be shown."""
+    architectures = model_config.architectures or []
+    has_head = any(name.endswith(("ForMaskedLM", "ForPreTraining")) for name in architectures)
+    return AutoModelForMaskedLM if has_head else AutoModel
 
 
 def _device_options(config: CaptureConfig) -> dict[str, Any]:

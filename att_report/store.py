@@ -30,6 +30,8 @@ LAYOUT_LOWER_TRIANGLE = "lower-triangle"
 LAYOUT_SQUARE = "square"
 ATTENTION_DTYPES = ("float16", "float32")
 _HASH_CHUNK = 1 << 22
+# Optional arrays beside the attention: (manifest section, key) of each, written only when asked for at capture.
+EXTRA_ARRAYS = (("neurons", "units"), ("neurons", "values"), ("saliency", "grad_norm"), ("saliency", "grad_x_input"))
 
 REQUIRED_KEYS: dict[str, type | tuple[type, ...]] = {
     "format": str,
@@ -203,6 +205,23 @@ class CaptureStore:
         for layer in range(self.num_layers):
             yield self.attention(layer)
 
+    def extra_array(self, section: str, key: str) -> np.ndarray | None:
+        """Open an optional array (neurons, saliency) memory-mapped, or None when the capture has none."""
+        entry = (self.manifest.get(section) or {}).get(key)
+        if entry is None:
+            return None
+        return np.load(self.path / entry["path"], mmap_mode="r", allow_pickle=False)
+
+    def saliency(self, kind: str = "grad_norm") -> np.ndarray | None:
+        """Return the (T, T) saliency matrix `grad_norm` or `grad_x_input` (see att_report.saliency), if captured."""
+        array = self.extra_array("saliency", kind)
+        return None if array is None else np.asarray(array, dtype=np.float32)
+
+    def neurons(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """Return (units (layers, K), values (layers, T, K)) of the most varying hidden units, if captured."""
+        units, values = self.extra_array("neurons", "units"), self.extra_array("neurons", "values")
+        return None if units is None or values is None else (np.asarray(units), np.asarray(values, dtype=np.float32))
+
     def _check_layer_index(self, layer: int) -> None:
         if not 0 <= layer < self.num_layers:
             raise StoreError(f"layer {layer} is out of range; {self.path} has layers 0 to {self.num_layers - 1}.")
@@ -215,6 +234,7 @@ def load(path: str | Path, verify: bool = True) -> CaptureStore:
     store = CaptureStore(path=path, manifest=manifest)
     _check_tokens(store)
     _check_layer_files(store, verify)
+    _check_extra_files(store, verify)
     return store
 
 
@@ -266,25 +286,38 @@ def _check_layer_files(store: CaptureStore, verify: bool) -> None:
     if section.get("layout") != expected_layout:
         raise StoreError(f"{store.path / MANIFEST_NAME} has 'attention.layout' {section.get('layout')!r}, expected {expected_layout!r}.")
     shape = stored_shape(store.num_heads, store.num_tokens, store.causal)
-    for layer, entry in enumerate(files):
-        _check_layer_file(store, layer, entry, shape, verify)
+    for entry in files:
+        _check_layer_file(store, entry, shape, verify)
 
 
-def _check_layer_file(store: CaptureStore, layer: int, entry: dict[str, Any], shape: tuple[int, ...], verify: bool) -> None:
+def _check_extra_files(store: CaptureStore, verify: bool) -> None:
+    for section, key in EXTRA_ARRAYS:
+        entry = (store.manifest.get(section) or {}).get(key)
+        if entry is not None:
+            _open_checked(store, entry, verify, f"{section} file")
+
+
+def _open_checked(store: CaptureStore, entry: dict[str, Any], verify: bool, what: str) -> np.ndarray:
+    """Open one listed array file after checking it exists, has its recorded size and (with verify) checksum."""
     file_path = store.path / str(entry.get("path", ""))
     if not file_path.is_file():
-        raise StoreError(f"layer file {file_path} is missing; the capture is incomplete, capture it again.")
+        raise StoreError(f"{what} {file_path} is missing; the capture is incomplete, capture it again.")
     if file_path.stat().st_size != entry.get("bytes"):
         raise StoreError(
-            f"layer file {file_path} has {file_path.stat().st_size} bytes, the manifest says {entry.get('bytes')}; "
+            f"{what} {file_path} has {file_path.stat().st_size} bytes, the manifest says {entry.get('bytes')}; "
             "it is truncated or altered, capture it again."
         )
     if verify and sha256_of(file_path) != entry.get("sha256"):
-        raise StoreError(f"layer file {file_path} does not match its sha256 checksum; it is damaged, capture it again.")
+        raise StoreError(f"{what} {file_path} does not match its sha256 checksum; it is damaged, capture it again.")
     try:
-        array = np.load(file_path, mmap_mode="r", allow_pickle=False)
+        return np.load(file_path, mmap_mode="r", allow_pickle=False)
     except ValueError as error:
-        raise StoreError(f"layer file {file_path} is not a readable .npy array ({error}); capture it again.")
+        raise StoreError(f"{what} {file_path} is not a readable .npy array ({error}); capture it again.")
+
+
+def _check_layer_file(store: CaptureStore, entry: dict[str, Any], shape: tuple[int, ...], verify: bool) -> None:
+    file_path = store.path / str(entry.get("path", ""))
+    array = _open_checked(store, entry, verify, "layer file")
     if array.shape != shape or array.dtype != np.dtype(store.attention_dtype):
         raise StoreError(
             f"layer file {file_path} holds {array.dtype} {array.shape}, expected {store.attention_dtype} {shape}."
