@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import platform
+from concurrent.futures import Future, ThreadPoolExecutor
 import sys
 import time
 from dataclasses import replace
@@ -199,25 +200,53 @@ def _record(loaded: LoadedModel, sites: list[AttentionSite], ids: list[int], com
     if loaded.causal and "logits_to_keep" in inspect.signature(model.forward).parameters:
         options["logits_to_keep"] = completion_length + 1
     bar = tqdm(total=len(sites), desc="recording attention", unit="layer", disable=not progress)
+    pack = LayerPacker(writer, model.device)
+    # One worker writes layer l to disk while layer l + 1 computes; waiting for it before queueing the next write
+    # keeps at most one packed layer in flight.
+    with ThreadPoolExecutor(max_workers=1) as disk:
+        pending: list[Future[None]] = []
 
-    def store_layer(layer: int, weights: torch.Tensor) -> None:
-        if layer != len(writer.files):
-            raise ModelError(f"layer {layer} produced attention out of order; this model's layout is not supported.")
-        writer.write(weights[0].detach().to("cpu", torch.float32).numpy())
-        bar.update(1)
+        def store_layer(layer: int, weights: torch.Tensor) -> None:
+            if layer != len(pending):
+                raise ModelError(f"layer {layer} produced attention out of order; this model's layout is not supported.")
+            packed = pack(weights[0])
+            if pending:
+                pending[-1].result()
+            pending.append(disk.submit(writer.write_packed, packed))
+            bar.update(1)
 
-    try:
-        with eager_attention(model), torch.inference_mode(), recording(sites, store_layer), \
-                recording_neurons(layers, neurons or NeuronRecorder(0)):
-            outputs = model(input_ids, attention_mask=torch.ones_like(input_ids), use_cache=False, **options)
-    finally:
-        bar.close()
+        try:
+            with eager_attention(model), torch.inference_mode(), recording(sites, store_layer), \
+                    recording_neurons(layers, neurons or NeuronRecorder(0)):
+                outputs = model(input_ids, attention_mask=torch.ones_like(input_ids), use_cache=False, **options)
+        finally:
+            bar.close()
+        for write in pending:
+            write.result()
     if len(writer.files) != len(sites):
         raise ModelError(f"only {len(writer.files)} of {len(sites)} layers returned attention weights.")
     logits = getattr(outputs, "logits", None)
     if logits is None or (loaded.causal and completion_length == 0):
         return None
     return logits[0].float() if not loaded.causal else logits[0, -(completion_length + 1):-1].float()
+
+
+class LayerPacker:
+    """Turn a layer's (heads, T, T) weights into the stored form on the model's device, where it is fast."""
+
+    def __init__(self, writer: LayerWriter, device: torch.device) -> None:
+        size = writer.num_tokens
+        self.dtype = getattr(torch, writer.dtype)
+        self.lower = None
+        if writer.causal:
+            rows, columns = torch.tril_indices(size, size, device=device)
+            self.lower = rows * size + columns  # row-major positions of the lower triangle, row by row
+
+    def __call__(self, weights: torch.Tensor) -> np.ndarray:
+        flat = weights.reshape(weights.shape[0], -1)
+        if self.lower is not None:
+            flat = flat.index_select(1, self.lower.to(flat.device))
+        return flat.to(self.dtype).cpu().numpy()
 
 
 def _token_section(tokenizer: Any, ids: list[int], prompt_length: int) -> dict[str, Any]:

@@ -93,8 +93,22 @@ def write_array(directory: Path, relative: str, array: np.ndarray) -> dict[str, 
     """Save one .npy file inside a store and describe it (path, checksum, size) for the manifest."""
     path = directory / relative
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.save(path, np.ascontiguousarray(array), allow_pickle=False)
-    return {"path": relative, "sha256": sha256_of(path), "bytes": path.stat().st_size}
+    with open(path, "wb") as handle:
+        hashing = _HashingFile(handle)
+        np.save(hashing, np.ascontiguousarray(array), allow_pickle=False)
+    return {"path": relative, "sha256": hashing.digest.hexdigest(), "bytes": path.stat().st_size}
+
+
+class _HashingFile:
+    """A write-only file that hashes what passes through, so a layer is never read back just to checksum it."""
+
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+        self.digest = hashlib.sha256()
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        return int(self.handle.write(data))
 
 
 class LayerWriter:
@@ -116,7 +130,13 @@ class LayerWriter:
         expected = (self.num_heads, self.num_tokens, self.num_tokens)
         if attention.shape != expected:
             raise StoreError(f"layer {len(self.files)} has shape {attention.shape}, expected {expected}.")
-        packed = pack_layer(attention, self.causal, self.dtype)
+        self.write_packed(pack_layer(attention, self.causal, self.dtype))
+
+    def write_packed(self, packed: np.ndarray) -> None:
+        """Store the next layer, already in its stored form (capture packs on the model's device, faster)."""
+        expected = stored_shape(self.num_heads, self.num_tokens, self.causal)
+        if packed.shape != expected or packed.dtype != np.dtype(self.dtype):
+            raise StoreError(f"layer {len(self.files)} is {packed.dtype} {packed.shape}, expected {self.dtype} {expected}.")
         self.files.append(write_array(self.directory, layer_file_name(len(self.files)), packed))
 
     def attention_section(self) -> dict[str, Any]:

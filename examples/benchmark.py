@@ -82,23 +82,24 @@ def benchmark_capture(scratch: Path, runs: int, new_tokens: int) -> Path:
 
 
 def peak_memory(scratch: Path, new_tokens: int, heads: int, tokens: int) -> dict[str, object]:
-    """Run generate, then capture, each in a fresh process, and compare their peak RSS."""
+    """Load the model in a fresh process, reset its peak RSS, then measure the peak of generate or of capture."""
     probe = f"""
-import resource, sys, torch
+import pathlib, torch
 from att_report.config import CaptureConfig
 from att_report.models import load_model
+from att_report.capture import capture_loaded, generate
 config = CaptureConfig(prompt={PROMPT!r}, chat=True, max_new_tokens={new_tokens}, force=True, progress=False)
 loaded = load_model(config)
-loaded_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-if sys.argv[1] == "capture":
-    from att_report.capture import capture_loaded
-    capture_loaded(loaded, config, __import__("pathlib").Path({str(scratch / 'rss')!r}), 0.0)
+def status(key):
+    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(key))
+open("/proc/self/clear_refs", "w").write("5")  # reset VmHWM, the peak RSS, to the current RSS
+before = status("VmRSS:")
+if __import__("sys").argv[1] == "capture":
+    capture_loaded(loaded, config, pathlib.Path({str(scratch / 'rss')!r}), 0.0)
 else:
     text = loaded.tokenizer.apply_chat_template([{{"role": "user", "content": {PROMPT!r}}}], add_generation_prompt=True, tokenize=False)
-    ids = loaded.tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
-    with torch.inference_mode():
-        loaded.model.generate(ids, max_new_tokens={new_tokens}, do_sample=False)
-print(loaded_rss, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    generate(loaded, loaded.tokenizer(text, add_special_tokens=False).input_ids, config)
+print(before, status("VmHWM:"))
 """
     figures = {}
     for mode in ("generate", "capture"):
@@ -108,11 +109,11 @@ print(loaded_rss, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
     layer_mb = heads * tokens * tokens * 4 / 2**20
     model_mb = figures["capture"][0]
     return {
-        "RSS after loading the model, MB": round(model_mb),
+        "RSS with the model loaded, MB": round(model_mb),
         "peak RSS plain generate, MB": round(figures["generate"][1]),
         "peak RSS capture, MB": round(figures["capture"][1]),
         "one layer's float32 attention, MB": round(layer_mb, 1),
-        "capture peak over model, in layers": round((figures["capture"][1] - model_mb) / layer_mb, 2),
+        "capture peak above the loaded model, in layers": round((figures["capture"][1] - model_mb) / layer_mb, 2),
     }
 
 
