@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import inspect
 import platform
-from concurrent.futures import Future, ThreadPoolExecutor
 import sys
 import time
-from dataclasses import replace
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from att_report import __version__
 from att_report.atomic import check_replaceable, staged_directory
 from att_report.config import CaptureConfig
 from att_report.errors import ModelError, UsageError
+from att_report.logprobs import TOP_ALTERNATIVES, CompletionScores, score_completion, tapping_final_hidden
 from att_report.models import LoadedModel, context_length, is_causal_config, load_model, model_facts
 from att_report.neurons import NeuronRecorder, check_neuron_count, layer_modules, recording_neurons
 from att_report.prompts import PromptTokens, tokenize_input
@@ -33,8 +34,6 @@ from att_report.recorder import AttentionSite, eager_attention, find_attention_s
 from att_report.saliency import saliency_maps
 from att_report.store import LayerWriter, is_store, write_array, write_manifest
 from att_report.token_text import token_texts
-
-TOP_ALTERNATIVES = 5
 
 
 def capture(
@@ -81,22 +80,23 @@ def capture_loaded(loaded: LoadedModel, config: CaptureConfig, output: Path, loa
     started = time.perf_counter()
     with staged_directory(output) as staging:
         writer = LayerWriter(staging, facts["num_heads"], len(ids), loaded.causal, config.attention_dtype)
-        logits = _record(loaded, sites, ids, len(completion_ids), writer, config.progress, neurons)
+        recorded = _record(loaded, sites, ids, len(completion_ids), writer, config.progress, neurons)
         timings["record_s"] = round(time.perf_counter() - started, 3)
         manifest = {
             "model": facts,
             "input": {"mode": tokens.mode, "prompt": config.prompt, "system": config.system},
             "tokens": _token_section(loaded.tokenizer, ids, len(tokens.prompt_ids)),
             "generation": _generation_section(config, tokens, stop_reason, loaded),
-            "completion": _completion_section(loaded.tokenizer, logits if loaded.causal else None, completion_ids),
+            "completion": _completion_section(loaded.tokenizer, recorded.scores),
             "attention": writer.attention_section(),
             "software": _software(),
             "timings": timings,
         }
         if neurons is not None:
             manifest["neurons"] = _neuron_section(staging, neurons)
-        if not loaded.causal and logits is not None:
-            manifest["predictions"] = _prediction_section(loaded.tokenizer, logits, ids, config.predict_all)
+        if recorded.encoder_logits is not None:
+            manifest["predictions"] = _prediction_section(loaded.tokenizer, recorded.encoder_logits, ids,
+                                                          config.predict_all)
         if config.saliency:
             started = time.perf_counter()
             manifest["saliency"] = _saliency_section(staging, loaded, ids, len(tokens.prompt_ids), config.progress)
@@ -188,17 +188,15 @@ def _eos_ids(model: Any) -> list[int]:
 
 
 def _record(loaded: LoadedModel, sites: list[AttentionSite], ids: list[int], completion_length: int, writer: LayerWriter,
-            progress: bool, neurons: NeuronRecorder | None) -> torch.Tensor | None:
-    """Run one eager forward pass, streaming each layer's weights to `writer`; return the logits worth keeping.
-
-    Those are the completion's logits for a causal model, every position's for an encoder with a masked-LM head.
-    """
+            progress: bool, neurons: NeuronRecorder | None) -> RecordedOutputs:
+    """Run one eager forward pass, streaming each layer's weights to `writer`; score the completion."""
     model = loaded.model
     layers = layer_modules(model, len(sites)) if neurons is not None else []
     input_ids = torch.tensor([ids], device=model.device)
     options: dict[str, Any] = {}
     if loaded.causal and "logits_to_keep" in inspect.signature(model.forward).parameters:
-        options["logits_to_keep"] = completion_length + 1
+        options["logits_to_keep"] = 1
+    first_predictor = len(ids) - completion_length - 1
     bar = tqdm(total=len(sites), desc="recording attention", unit="layer", disable=not progress)
     pack = LayerPacker(writer, model.device)
     # One worker writes layer l to disk while layer l + 1 computes; waiting for it before queueing the next write
@@ -217,7 +215,8 @@ def _record(loaded: LoadedModel, sites: list[AttentionSite], ids: list[int], com
 
         try:
             with eager_attention(model), torch.inference_mode(), recording(sites, store_layer), \
-                    recording_neurons(layers, neurons or NeuronRecorder(0)):
+                    recording_neurons(layers, neurons or NeuronRecorder(0)), \
+                    tapping_final_hidden(model, first_predictor, len(ids)) as final_hidden:
                 outputs = model(input_ids, attention_mask=torch.ones_like(input_ids), use_cache=False, **options)
         finally:
             bar.close()
@@ -226,9 +225,26 @@ def _record(loaded: LoadedModel, sites: list[AttentionSite], ids: list[int], com
     if len(writer.files) != len(sites):
         raise ModelError(f"only {len(writer.files)} of {len(sites)} layers returned attention weights.")
     logits = getattr(outputs, "logits", None)
-    if logits is None or (loaded.causal and completion_length == 0):
-        return None
-    return logits[0].float() if not loaded.causal else logits[0, -(completion_length + 1):-1].float()
+    if logits is None or not loaded.causal:
+        return RecordedOutputs(encoder_logits=None if logits is None else logits[0], scores=None)
+    if completion_length == 0:
+        return RecordedOutputs(encoder_logits=None, scores=None)
+
+    def plain_logits() -> torch.Tensor:
+        with torch.inference_mode():
+            return model(input_ids, use_cache=False).logits[0, first_predictor:-1]
+
+    completion_ids = ids[len(ids) - completion_length:]
+    scores = score_completion(model, final_hidden.states, logits[0, -1], completion_ids, plain_logits)
+    return RecordedOutputs(encoder_logits=None, scores=scores)
+
+
+@dataclass(frozen=True)
+class RecordedOutputs:
+    """What the recording pass yields besides attention: an encoder's logits or the completion's scores."""
+
+    encoder_logits: torch.Tensor | None
+    scores: CompletionScores | None
 
 
 class LayerPacker:
@@ -276,16 +292,13 @@ def _generation_section(config: CaptureConfig, tokens: PromptTokens, stop_reason
     return section
 
 
-def _completion_section(tokenizer: Any, logits: torch.Tensor | None, completion_ids: list[int]) -> dict[str, Any]:
+def _completion_section(tokenizer: Any, scores: CompletionScores | None) -> dict[str, Any]:
     """Give each completion token its log-probability and the likeliest alternatives at its position."""
-    if logits is None:
+    if scores is None:
         return {"logprobs": [], "top": []}
-    log_probs = torch.log_softmax(logits, dim=-1)
-    chosen = log_probs[torch.arange(len(completion_ids)), torch.tensor(completion_ids, device=log_probs.device)]
-    top_values, top_ids = log_probs.topk(TOP_ALTERNATIVES, dim=-1)
     top = [_alternatives(tokenizer, values, ids_row, "logprob")
-           for values, ids_row in zip(top_values.cpu().numpy(), top_ids.cpu().numpy())]
-    return {"logprobs": [round(float(value), 5) for value in chosen.cpu().numpy()], "top": top}
+           for values, ids_row in zip(scores.top_logprobs.numpy(), scores.top_ids.numpy())]
+    return {"logprobs": [round(float(value), 5) for value in scores.logprobs.numpy()], "top": top}
 
 
 def _neuron_section(staging: Path, neurons: NeuronRecorder) -> dict[str, Any]:
