@@ -90,30 +90,39 @@ from att_report.models import load_model
 from att_report.capture import capture_loaded, generate
 config = CaptureConfig(prompt={PROMPT!r}, chat=True, max_new_tokens={new_tokens}, force=True, progress=False)
 loaded = load_model(config)
+with torch.inference_mode():  # page the memory-mapped weights in, so the baseline is the whole model
+    loaded.model(torch.tensor([[1, 2]]))
 def status(key):
     return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(key))
 open("/proc/self/clear_refs", "w").write("5")  # reset VmHWM, the peak RSS, to the current RSS
 before = status("VmRSS:")
-if __import__("sys").argv[1] == "capture":
+mode = __import__("sys").argv[1]
+if mode == "capture":
     capture_loaded(loaded, config, pathlib.Path({str(scratch / 'rss')!r}), 0.0)
+elif mode == "record":
+    given = __import__("att_report").load({str(scratch / 'capture')!r}).tokens
+    completion = "".join(given[-{new_tokens}:])
+    capture_loaded(loaded, __import__("dataclasses").replace(config, completion=completion), pathlib.Path({str(scratch / 'rss')!r}), 0.0)
 else:
     text = loaded.tokenizer.apply_chat_template([{{"role": "user", "content": {PROMPT!r}}}], add_generation_prompt=True, tokenize=False)
     generate(loaded, loaded.tokenizer(text, add_special_tokens=False).input_ids, config)
 print(before, status("VmHWM:"))
 """
     figures = {}
-    for mode in ("generate", "capture"):
+    for mode in ("generate", "capture", "record"):
         result = subprocess.run([sys.executable, "-c", probe, mode], capture_output=True, text=True, check=True)
         loaded_kb, peak_kb = map(int, result.stdout.split()[-2:])
         figures[mode] = (loaded_kb / 1024, peak_kb / 1024)
     layer_mb = heads * tokens * tokens * 4 / 2**20
     model_mb = figures["capture"][0]
     return {
-        "RSS with the model loaded, MB": round(model_mb),
+        "RSS of the loaded model after one forward pass, MB": round(model_mb),
         "peak RSS plain generate, MB": round(figures["generate"][1]),
         "peak RSS capture, MB": round(figures["capture"][1]),
+        "peak RSS teacher-forced capture (recording pass alone), MB": round(figures["record"][1]),
         "one layer's float32 attention, MB": round(layer_mb, 1),
-        "capture peak above the loaded model, in layers": round((figures["capture"][1] - model_mb) / layer_mb, 2),
+        "capture peak above the model, in layers": round((figures["capture"][1] - model_mb) / layer_mb, 2),
+        "recording pass peak above the model, in layers": round((figures["record"][1] - model_mb) / layer_mb, 2),
     }
 
 
