@@ -26,6 +26,7 @@ from att_report import __version__
 from att_report.atomic import check_replaceable, staged_directory
 from att_report.config import CaptureConfig
 from att_report.errors import ModelError, UsageError
+from att_report.heap import return_large_blocks_to_system
 from att_report.logprobs import TOP_ALTERNATIVES, CompletionScores, score_completion, tapping_final_hidden
 from att_report.models import LoadedModel, context_length, is_causal_config, load_model, model_facts
 from att_report.neurons import NeuronRecorder, check_neuron_count, layer_modules, recording_neurons
@@ -78,6 +79,7 @@ def capture_loaded(loaded: LoadedModel, config: CaptureConfig, output: Path, loa
     timings["generate_s"] = round(time.perf_counter() - started, 3)
     ids = tokens.prompt_ids + completion_ids
     started = time.perf_counter()
+    return_large_blocks_to_system()
     with staged_directory(output) as staging:
         writer = LayerWriter(staging, facts["num_heads"], len(ids), loaded.causal, config.attention_dtype)
         recorded = _record(loaded, sites, ids, len(completion_ids), writer, config.progress, neurons)
