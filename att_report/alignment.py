@@ -1,0 +1,100 @@
+"""Compare two captures: align their tokens by text and rank heads by how differently they spread attention.
+
+Tokens are aligned where both sequences contain the same token text in the same order (the longest matching
+blocks of difflib's SequenceMatcher), so two phrasings of one request, or one prompt through two models that
+share a tokenizer, line up token by token wherever their text agrees.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from difflib import SequenceMatcher
+
+import numpy as np
+
+from att_report.errors import UsageError
+from att_report.store import CaptureStore
+
+
+@dataclass(frozen=True)
+class TokenAlignment:
+    """Pairs (index in A, index in B) of tokens with the same text in the same order."""
+
+    pairs: tuple[tuple[int, int], ...]
+
+    def partner_maps(self) -> tuple[dict[int, int], dict[int, int]]:
+        """Map each aligned A index to its B index, and back."""
+        return {a: b for a, b in self.pairs}, {b: a for a, b in self.pairs}
+
+
+@dataclass(frozen=True)
+class HeadDivergence:
+    """Jensen-Shannon divergence (bits, 0..1) between the two captures' attention, per layer and head."""
+
+    values: np.ndarray  # (layers, heads)
+    rows_compared: int
+
+    def ranked(self) -> list[tuple[int, int, float]]:
+        """List (layer, head, divergence), most different first; ties by layer then head."""
+        layers, heads = np.unravel_index(np.argsort(-self.values, axis=None, kind="stable"), self.values.shape)
+        return [(int(layer), int(head), float(self.values[layer, head])) for layer, head in zip(layers, heads)]
+
+
+def align_tokens(tokens_a: list[str], tokens_b: list[str]) -> TokenAlignment:
+    """Align two token sequences by their text."""
+    matcher = SequenceMatcher(a=tokens_a, b=tokens_b, autojunk=False)
+    pairs = tuple(
+        (block.a + offset, block.b + offset)
+        for block in matcher.get_matching_blocks()
+        for offset in range(block.size)
+    )
+    return TokenAlignment(pairs=pairs)
+
+
+def check_comparable(store_a: CaptureStore, store_b: CaptureStore) -> None:
+    """Refuse captures whose heads cannot be matched one to one."""
+    shape_a, shape_b = (store_a.num_layers, store_a.num_heads), (store_b.num_layers, store_b.num_heads)
+    if shape_a != shape_b:
+        raise UsageError(
+            f"{store_a.path} has {shape_a[0]} layers x {shape_a[1]} heads but {store_b.path} has {shape_b[0]} x "
+            f"{shape_b[1]}; compare needs captures of models with the same layers and heads."
+        )
+
+
+def prompt_pairs(alignment: TokenAlignment, prompt_a: int, prompt_b: int) -> np.ndarray:
+    """Keep the aligned pairs inside both prompts, as an (n, 2) index array."""
+    kept = [(a, b) for a, b in alignment.pairs if a < prompt_a and b < prompt_b]
+    return np.array(kept, dtype=np.int64).reshape(-1, 2)
+
+
+def head_divergence(store_a: CaptureStore, store_b: CaptureStore, alignment: TokenAlignment) -> HeadDivergence:
+    """Mean JS divergence over aligned prompt query tokens, of attention restricted to aligned keys and renormalized."""
+    check_comparable(store_a, store_b)
+    pairs = prompt_pairs(alignment, store_a.prompt_length, store_b.prompt_length)
+    values = np.zeros((store_a.num_layers, store_a.num_heads))
+    if len(pairs) < 2:
+        return HeadDivergence(values=values, rows_compared=0)
+    for layer in range(store_a.num_layers):
+        rows_a = store_a.attention(layer)[:, pairs[:, 0]][:, :, pairs[:, 0]]
+        rows_b = store_b.attention(layer)[:, pairs[:, 1]][:, :, pairs[:, 1]]
+        values[layer] = _mean_js(rows_a, rows_b)
+    return HeadDivergence(values=values, rows_compared=len(pairs))
+
+
+def _mean_js(rows_a: np.ndarray, rows_b: np.ndarray) -> np.ndarray:
+    """Average, per head, the JS divergence of the rows where both captures put any weight on the aligned keys."""
+    rows_a, rows_b = rows_a.astype(np.float64), rows_b.astype(np.float64)
+    mass_a, mass_b = rows_a.sum(-1, keepdims=True), rows_b.sum(-1, keepdims=True)
+    usable = (mass_a[..., 0] > 0) & (mass_b[..., 0] > 0)
+    p = np.divide(rows_a, mass_a, out=np.zeros_like(rows_a), where=mass_a > 0)
+    q = np.divide(rows_b, mass_b, out=np.zeros_like(rows_b), where=mass_b > 0)
+    middle = (p + q) / 2
+    divergence = (_kl_bits(p, middle) + _kl_bits(q, middle)) / 2
+    counts = usable.sum(-1)
+    totals = np.where(usable, divergence, 0).sum(-1)
+    return np.divide(totals, counts, out=np.zeros_like(totals), where=counts > 0)
+
+
+def _kl_bits(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    ratio = np.divide(p, q, out=np.ones_like(p), where=(p > 0) & (q > 0))
+    return (p * np.log2(ratio)).sum(-1)
