@@ -27,7 +27,9 @@ def test_alignment_handles_insertions() -> None:
 
 
 def _js_bits(p: list[float], q: list[float]) -> float:
-    """Jensen-Shannon divergence in bits, written out term by term."""
+    """Jensen-Shannon divergence in bits of the two renormalized rows, written out term by term."""
+    p = [float(value) / sum(map(float, p)) for value in p]
+    q = [float(value) / sum(map(float, q)) for value in q]
     total = 0.0
     for pi, qi in zip(p, q):
         mi = (pi + qi) / 2
