@@ -1,0 +1,104 @@
+"""Pack attention matrices into the compact text a page carries, and unpack them exactly as the page does.
+
+The scheme (pure numpy + zlib + base64; js/decode.js is its browser half):
+1. Quantize: each weight w in [0, 1] becomes the byte q = round(255 * w); the page shows q / 255, which is
+   within 1/510 of w.
+2. Order the cells column by column: for each of the n heads in turn, for each key column j = 0..T-1, the held
+   query rows r = row_start..row_start+R-1 in order, skipping r < j when causal (only the lower triangle is kept).
+   Attention columns (a sink, the diagonal, a strong token) are more alike than rows, so deflate finds more.
+3. Split: a bitmap with one bit per cell in that order (most significant bit first, 1 = non-zero byte, zero
+   padded to whole bytes), followed by the non-zero bytes in the same order.
+4. Compress with zlib (deflate in a zlib wrapper, level 9, deterministic) and write base64 (ASCII).
+The browser undoes 4 with atob and DecompressionStream('deflate'), then scatters 3-2 into dense rows.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import zlib
+
+import numpy as np
+
+from att_report.errors import UsageError
+
+QUANT_LEVELS = 255
+ERROR_BOUND = 1 / 510
+COMPRESSION_LEVEL = 9
+# Weights a little outside [0, 1] from float rounding are clipped; anything further is a caller's mistake.
+_RANGE_SLACK = 1e-3
+SCHEME_DESCRIPTION = (
+    "Each weight w is stored in the pages as the byte round(255 × w) and shown as that byte / 255, so every "
+    "weight shown is within 1/510 ≈ 0.00196 of the captured value; causal matrices keep only their lower triangle, "
+    "and the bytes are deflate-compressed and base64-encoded inside the page."
+)
+
+
+def encode_rows(matrices: np.ndarray, row_start: int, causal: bool) -> str:
+    """Quantize and pack query rows row_start.. of n heads into base64 text small enough to inline in a page."""
+    if matrices.ndim != 3:
+        raise UsageError(
+            f"The matrices to encode have shape {matrices.shape}; expected (heads, rows, tokens), so pass a 3-D array."
+        )
+    _check_rows(row_start, matrices.shape[1], matrices.shape[2])
+    quantized = quantize(matrices)
+    cells = quantized.transpose(0, 2, 1)[:, _column_mask(row_start, matrices.shape[1], matrices.shape[2], causal)]
+    flat = cells.reshape(-1)
+    raw = np.packbits(flat != 0).tobytes() + flat[flat != 0].tobytes()
+    return base64.b64encode(zlib.compress(raw, COMPRESSION_LEVEL)).decode("ascii")
+
+
+def decode_rows(payload: str, n: int, row_start: int, row_count: int, num_tokens: int, causal: bool) -> np.ndarray:
+    """Unpack a payload the way the page does: float32 (n, row_count, num_tokens), zeros above the diagonal."""
+    _check_rows(row_start, row_count, num_tokens)
+    try:
+        raw = np.frombuffer(zlib.decompress(base64.b64decode(payload, validate=True)), dtype=np.uint8)
+    except (binascii.Error, zlib.error) as error:
+        raise UsageError(f"The attention payload is not base64 zlib data ({error}); encode it with encode_rows.") from None
+    mask = _column_mask(row_start, row_count, num_tokens, causal)
+    cell_count = n * int(mask.sum())
+    bitmap_bytes = (cell_count + 7) // 8
+    nonzero = np.unpackbits(raw[:bitmap_bytes], count=cell_count).astype(bool) if cell_count else np.zeros(0, bool)
+    values = raw[bitmap_bytes:]
+    if len(raw) < bitmap_bytes or len(values) != int(nonzero.sum()):
+        raise UsageError(
+            f"The attention payload holds {len(raw)} bytes, which does not fit {n} heads of rows "
+            f"{row_start}..{row_start + row_count - 1} over {num_tokens} tokens; pass the shape it was encoded with."
+        )
+    cells = np.zeros(cell_count, dtype=np.uint8)
+    cells[nonzero] = values
+    transposed = np.zeros((n, num_tokens, row_count), dtype=np.uint8)
+    transposed[:, mask] = cells.reshape(n, -1)
+    return transposed.transpose(0, 2, 1).astype(np.float32) / np.float32(QUANT_LEVELS)
+
+
+def quantize(matrices: np.ndarray) -> np.ndarray:
+    """Map weights in [0, 1] to bytes round(255 * w), refusing values that are not attention weights."""
+    values = np.asarray(matrices)
+    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    if not (-_RANGE_SLACK <= low and high <= 1 + _RANGE_SLACK):  # also refuses NaN, which fails every comparison
+        raise UsageError(
+            f"The matrices to encode hold values from {low:.4g} to {high:.4g}; expected weights in [0, 1], "
+            "so normalize the matrix (and remove NaN or infinite values) before viewing it."
+        )
+    scaled: np.ndarray = np.multiply(values, QUANT_LEVELS, dtype=np.float64)
+    np.clip(scaled, 0.0, QUANT_LEVELS, out=scaled)
+    np.rint(scaled, out=scaled)
+    return scaled.astype(np.uint8)
+
+
+def _column_mask(row_start: int, row_count: int, num_tokens: int, causal: bool) -> np.ndarray:
+    """Mark the kept cells of the transposed (key, row) grid; C order walks it column by column."""
+    if not causal:
+        return np.ones((num_tokens, row_count), dtype=bool)
+    rows = np.arange(row_start, row_start + row_count)
+    return rows[np.newaxis, :] >= np.arange(num_tokens)[:, np.newaxis]
+
+
+def _check_rows(row_start: int, row_count: int, num_tokens: int) -> None:
+    """Refuse a row range that does not lie inside the token sequence."""
+    if row_start < 0 or row_count < 1 or row_start + row_count > num_tokens:
+        raise UsageError(
+            f"Query rows {row_start}..{row_start + row_count - 1} do not lie within the {num_tokens} tokens; "
+            "pass row_start >= 0 and at least one row that ends by the last token."
+        )

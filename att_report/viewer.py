@@ -1,0 +1,244 @@
+"""The chunk page: view-models of the observer, observed and matrix views of one or more sections.
+
+A section is a set of square matrices over the token sequence (the heads of a layer, or an aggregate) held for a
+range of query rows. `render_chunk_page` checks the inputs, encodes each section once (see `encode`), computes
+every display string, and hands the frozen view-models to templates/chunk.html, which only formats them.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from att_report.encode import encode_rows
+from att_report.errors import UsageError
+from att_report.templating import render_template
+
+MEAN = "mean"
+LABEL_LIMIT = 32
+# How the views show a token whose characters are all invisible (the token's own text is never changed).
+KIND_NEWLINE, KIND_BLANK, KIND_EMPTY = "newline", "blank", "empty"
+_VISIBLE_ESCAPES = {"\n": "⏎", "\r": "␍", "\t": "⇥"}
+
+
+@dataclass(frozen=True)
+class HeadLabel:
+    """One choice of the head selector: a head's index in its layer (or "mean") and its label."""
+
+    index: int | str
+    label: str
+
+
+@dataclass(frozen=True)
+class Section:
+    """Matrices of some heads over the tokens, for query rows row_start..row_start+R-1."""
+
+    key: str
+    title: str
+    layer: int | str
+    heads: tuple[HeadLabel, ...]
+    matrices: np.ndarray
+    row_start: int
+
+
+@dataclass(frozen=True)
+class TokenText:
+    """The token sequence as text: each token's characters, which are special, where the completion starts."""
+
+    tokens: tuple[str, ...]
+    special: tuple[bool, ...]
+    prompt_length: int
+    causal: bool
+
+
+@dataclass(frozen=True)
+class Link:
+    """A link to another page of the report."""
+
+    label: str
+    href: str
+
+
+@dataclass(frozen=True)
+class Navigation:
+    """Where a chunk page leads: the index and the neighbouring layers and head groups (None at an edge)."""
+
+    index: Link
+    prev_layer: Link | None
+    next_layer: Link | None
+    prev_group: Link | None
+    next_group: Link | None
+
+
+@dataclass(frozen=True)
+class HeadChoice:
+    """A head selector button: the data-head value, the label shown, and which matrix it shows."""
+
+    head: str
+    label: str
+    slot: str  # the position of its matrix in the section, or "mean" for the mean the page computes
+
+
+@dataclass(frozen=True)
+class SectionView:
+    """A section ready to format: its payload element, head choices, body attributes and row note."""
+
+    key: str
+    title: str
+    payload_id: str
+    payload: str
+    choices: tuple[HeadChoice, ...]
+    layer_attr: str
+    heads_attr: str
+    rows_note: str
+
+
+@dataclass(frozen=True)
+class ChunkPage:
+    """Everything chunk.html formats: title, navigation, notes, sections and the one JSON payload."""
+
+    title: str
+    navigation: Navigation
+    notes: tuple[str, ...]
+    sections: tuple[SectionView, ...]
+    observer_help: str
+    observed_help: str
+    data: dict[str, Any]
+
+    @property
+    def first(self) -> SectionView:
+        """The section shown when the page opens."""
+        return self.sections[0]
+
+
+def render_chunk_page(
+    title: str, text: TokenText, sections: Sequence[Section], navigation: Navigation, notes: Sequence[str] = ()
+) -> str:
+    """Render a whole self-contained HTML document viewing `sections` over `text`."""
+    return render_template("chunk.html", page=chunk_page(title, text, sections, navigation, notes))
+
+
+def chunk_page(
+    title: str, text: TokenText, sections: Sequence[Section], navigation: Navigation, notes: Sequence[str] = ()
+) -> ChunkPage:
+    """Check the inputs, encode every section and compute the display strings (for chunk.html or a page extending it)."""
+    _check_text(text)
+    _check_sections(text, sections)
+    views = tuple(_section_view(position, section, text) for position, section in enumerate(sections))
+    data = {
+        "tokens": list(text.tokens),
+        "labels": [token_label(token) for token in text.tokens],
+        "kinds": [token_kind(token) for token in text.tokens],
+        "special": list(text.special),
+        "promptLength": text.prompt_length,
+        "causal": text.causal,
+        "sections": [_section_data(view, section) for view, section in zip(views, sections)],
+    }
+    others = "earlier token" if text.causal else "token"
+    return ChunkPage(
+        title=title,
+        navigation=navigation,
+        notes=tuple(notes),
+        sections=views,
+        observer_help=f"Hover a token: how much it attended to each {others} (its row).",
+        observed_help=f"Hover a token: how much each {others.replace('earlier', 'later')} attended to it (its column).",
+        data=data,
+    )
+
+
+def token_kind(token: str) -> str:
+    """Say whether a token shows nothing by itself, so the views can mark it without changing its text."""
+    if token == "":
+        return KIND_EMPTY
+    if all(_inkless(char) for char in token):
+        return KIND_NEWLINE if "\n" in token else KIND_BLANK
+    return ""
+
+
+def token_label(token: str) -> str:
+    """Spell a token for a status line: whitespace and control characters made visible, long ones cut."""
+    spelled = "".join(_VISIBLE_ESCAPES.get(char) or (f"\\u{ord(char):04x}" if _control(char) else char) for char in token)
+    return spelled if len(spelled) <= LABEL_LIMIT else spelled[: LABEL_LIMIT - 1] + "…"
+
+
+def _inkless(char: str) -> bool:
+    """Whitespace, control/format characters and combining marks draw no ink of their own."""
+    return char.isspace() or _control(char) or unicodedata.category(char) in ("Mn", "Me")
+
+
+def _control(char: str) -> bool:
+    return unicodedata.category(char) in ("Cc", "Cf") and char not in _VISIBLE_ESCAPES
+
+
+def _section_view(position: int, section: Section, text: TokenText) -> SectionView:
+    """Encode one section and compute its display strings."""
+    heads = tuple(
+        HeadChoice(head=str(label.index), label=label.label, slot=str(slot)) for slot, label in enumerate(section.heads)
+    )
+    if all(choice.head != MEAN for choice in heads):
+        heads += (HeadChoice(head=MEAN, label="group mean", slot=MEAN),)
+    return SectionView(
+        key=section.key,
+        title=section.title,
+        payload_id=f"att-payload-{position}",
+        payload=encode_rows(section.matrices, section.row_start, text.causal),
+        choices=heads,
+        layer_attr=str(section.layer),
+        heads_attr=",".join(str(label.index) for label in section.heads),
+        rows_note=_rows_note(section.row_start, section.matrices.shape[1], len(text.tokens)),
+    )
+
+
+def _section_data(view: SectionView, section: Section) -> dict[str, Any]:
+    """Describe a section for the page's JSON: what its payload holds and how to lay it out."""
+    return {
+        "key": view.key,
+        "title": view.title,
+        "layer": view.layer_attr,
+        "heads": view.heads_attr,
+        "payload": view.payload_id,
+        "headCount": len(section.heads),
+        "rowStart": section.row_start,
+        "rowCount": int(section.matrices.shape[1]),
+    }
+
+
+def _rows_note(row_start: int, row_count: int, num_tokens: int) -> str:
+    """Say which query rows a split page holds; empty when it holds them all."""
+    if row_start == 0 and row_count == num_tokens:
+        return ""
+    last = row_start + row_count - 1
+    return (
+        f"This page holds the query rows of tokens {row_start:,}–{last:,} of {num_tokens:,}; the other tokens' rows "
+        "are in other files, so hovering them in the observer view shows nothing, and the observed view shows only "
+        "these rows."
+    )
+
+
+def _check_text(text: TokenText) -> None:
+    """Refuse token lists that disagree with each other."""
+    if not text.tokens or len(text.special) != len(text.tokens) or not 0 <= text.prompt_length <= len(text.tokens):
+        raise UsageError(
+            f"The page text has {len(text.tokens)} tokens, {len(text.special)} special flags and prompt length "
+            f"{text.prompt_length}; expected at least one token, one flag per token and 0 <= prompt length <= tokens."
+        )
+
+
+def _check_sections(text: TokenText, sections: Sequence[Section]) -> None:
+    """Refuse sections whose keys repeat or whose matrices do not fit the tokens and head labels."""
+    if not sections:
+        raise UsageError("A chunk page was asked for with no sections; pass at least one Section.")
+    keys = [section.key for section in sections]
+    if len(set(keys)) != len(keys):
+        raise UsageError(f"Section keys {keys} repeat; give every section of a page its own key.")
+    for section in sections:
+        shape = section.matrices.shape
+        if len(shape) != 3 or shape[0] != len(section.heads) or shape[2] != len(text.tokens) or not section.heads:
+            raise UsageError(
+                f"Section {section.key!r} has matrices of shape {shape}; expected ({len(section.heads)} heads, rows, "
+                f"{len(text.tokens)} tokens) with at least one head, so pass one matrix per HeadLabel."
+            )
