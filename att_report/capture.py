@@ -261,10 +261,10 @@ class LayerPacker:
             self.lower = rows * size + columns  # row-major positions of the lower triangle, row by row
 
     def __call__(self, weights: torch.Tensor) -> np.ndarray:
-        flat = weights.reshape(weights.shape[0], -1).to(self.dtype)
+        weights = weights.to(self.dtype)
         if self.lower is not None:
-            flat = flat.index_select(1, self.lower.to(flat.device))
-        return flat.cpu().numpy()
+            weights = weights.reshape(weights.shape[0], -1).index_select(1, self.lower.to(weights.device))
+        return weights.cpu().numpy()
 
 
 def _token_section(tokenizer: Any, ids: list[int], prompt_length: int) -> dict[str, Any]:
