@@ -4,11 +4,23 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from pathlib import Path
 
 from att_report import __version__
+from att_report.chunks import AGGREGATES
 from att_report.config import ATTENTION_DTYPE_CHOICES, MODEL_DTYPE_CHOICES, CaptureConfig, option_help
 from att_report.errors import AttReportError, UsageError
+from att_report.render import (
+    DEFAULT_MAX_FILE_MB,
+    DEFAULT_SINGLE_FILE_MB,
+    RenderOptions,
+    check_render_target,
+    render,
+)
+
+DEMO_PROMPT = "In two sentences: why is the sky blue, and why is the sunset red?"
+DEMO_NEW_TOKENS = 48
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,7 +45,48 @@ def build_parser() -> argparse.ArgumentParser:
     add_capture_arguments(capture)
     capture.add_argument("-o", "--output", required=True, type=Path, help="the capture directory to write")
     capture.set_defaults(handler=run_capture_command)
+
+    render = commands.add_parser("render", help="turn a capture into an HTML report (no torch needed)")
+    render.add_argument("capture", type=Path, help="the capture directory that `att-report capture -o` wrote")
+    render.add_argument("-o", "--output", required=True, type=Path,
+                        help="the report folder to write (with --single-file: the HTML file)")
+    add_render_arguments(render)
+    render.set_defaults(handler=run_render_command)
+
+    run = commands.add_parser("run", help="capture, then render: one command from prompt to report")
+    add_capture_arguments(run)
+    run.add_argument("-o", "--output", required=True, type=Path, help="the report folder to write")
+    run.add_argument("--keep-capture", type=Path, metavar="DIR", help="also keep the capture store at DIR")
+    add_render_arguments(run, with_force=False)
+    run.set_defaults(handler=run_run_command)
+
+    demo = commands.add_parser("demo", help="a report of the embedded SmolLM2 on a built-in chat prompt")
+    demo.add_argument("-o", "--output", required=True, type=Path, help="the report folder to write")
+    demo.add_argument("--force", action="store_true", help="replace an earlier report at the output path")
+    demo.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
+    demo.set_defaults(handler=run_demo_command)
     return parser
+
+
+def add_render_arguments(parser: argparse.ArgumentParser, with_force: bool = True) -> None:
+    """Add the report options (shared by `render` and `run`)."""
+    parser.add_argument("--aggregate", choices=AGGREGATES, default="none",
+                        help="none: one file per layer and group of 8 heads; heads: the mean of each layer's heads; "
+                             "layers: the mean over all heads and layers")
+    parser.add_argument("--max-file-mb", type=float, default=DEFAULT_MAX_FILE_MB,
+                        help=f"split a chunk whose file would exceed this many MB (default {DEFAULT_MAX_FILE_MB:g})")
+    parser.add_argument("--single-file", action="store_true",
+                        help="write the whole report as one HTML file at -o, for a bug ticket")
+    parser.add_argument("--single-file-mb", type=float, default=DEFAULT_SINGLE_FILE_MB,
+                        help=f"the largest single file to write (default {DEFAULT_SINGLE_FILE_MB:g})")
+    parser.add_argument("--zip", action="store_true", help="also pack the report folder as OUTPUT.zip")
+    if with_force:
+        parser.add_argument("--force", action="store_true", help="replace an earlier report at the output path")
+
+
+def render_options_from(args: argparse.Namespace) -> RenderOptions:
+    return RenderOptions(aggregate=args.aggregate, max_file_mb=args.max_file_mb, single_file=args.single_file,
+                         single_file_mb=args.single_file_mb, zip=args.zip, force=args.force)
 
 
 def add_capture_arguments(parser: argparse.ArgumentParser) -> None:
@@ -121,6 +174,41 @@ def run_batch_command(args: argparse.Namespace) -> int:
     for line in summary_lines(result, args.prompts_file):
         print(line, file=sys.stderr if result.failures else sys.stdout)
     return 1 if result.failures else 0
+
+
+def run_render_command(args: argparse.Namespace) -> int:
+    written = render(args.capture, args.output, render_options_from(args))
+    print(f"report written to {written}" + (f" and {written.with_name(written.name + '.zip')}" if args.zip else ""))
+    return 0
+
+
+def run_run_command(args: argparse.Namespace) -> int:
+    """Capture into --keep-capture or a temporary folder, then render; the report is checked first, so no work is lost."""
+    if args.prompts_file is not None:
+        raise UsageError("`att-report run` takes one prompt; capture a --prompts-file with `att-report capture`, "
+                         "then render each capture.")
+    options = render_options_from(args)
+    check_render_target(args.output, options)
+    from att_report.capture import capture_with_config  # imports torch: only for capture commands
+
+    with tempfile.TemporaryDirectory(prefix="att-report-") as scratch:
+        store = capture_with_config(capture_config_from(args), args.keep_capture or Path(scratch) / "capture")
+        written = render(store, args.output, options)
+    print(f"report written to {written}")
+    return 0
+
+
+def run_demo_command(args: argparse.Namespace) -> int:
+    """Capture the built-in chat prompt with the embedded model and render it."""
+    options = RenderOptions(force=args.force)
+    check_render_target(args.output, options)
+    from att_report.capture import capture_with_config
+
+    config = CaptureConfig(prompt=DEMO_PROMPT, chat=True, max_new_tokens=DEMO_NEW_TOKENS, progress=args.progress)
+    with tempfile.TemporaryDirectory(prefix="att-report-") as scratch:
+        written = render(capture_with_config(config, Path(scratch) / "capture"), args.output, options)
+    print(f"report written to {written}; open {written / 'index.html'} in a browser")
+    return 0
 
 
 if __name__ == "__main__":

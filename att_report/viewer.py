@@ -65,13 +65,15 @@ class Link:
 
 @dataclass(frozen=True)
 class Navigation:
-    """Where a chunk page leads: the index and the neighbouring layers and head groups (None at an edge)."""
+    """Where a chunk page leads: the index, the neighbouring layers and head groups (None at an edge), and the
+    other files of the same chunk when it was split to fit the size budget."""
 
     index: Link
     prev_layer: Link | None
     next_layer: Link | None
     prev_group: Link | None
     next_group: Link | None
+    parts: tuple[Link, ...] = ()
 
 
 @dataclass(frozen=True)

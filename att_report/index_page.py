@@ -1,0 +1,157 @@
+"""The index page's view-model: the text, the facts of the capture, the grid of every layer x head, the chunk list.
+
+Everything shown is computed here as strings; templates/_index.html only formats it. The same view-model fills
+the standalone index.html and the top of a single-file report (whose links are fragments instead of file names).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from att_report.chunks import Chunk, HeadNaming
+from att_report.encode import SCHEME_DESCRIPTION
+from att_report.store import CaptureStore
+from att_report.thumbnails import DESCRIPTION as THUMBNAIL_DESCRIPTION
+from att_report.thumbnails import thumbnail_size
+from att_report.viewer import Link, token_kind
+
+STORED_PRECISION = {
+    "float16": "Captured attention was stored as float16: within 2^-11 relative (about 0.0005 at most) of the "
+               "model's float32 weights.",
+    "float32": "Captured attention was stored as float32: exactly the model's weights.",
+}
+
+
+@dataclass(frozen=True)
+class TextToken:
+    """One token of the index text: its exact characters and how to mark it."""
+
+    text: str
+    css: str
+    kind: str
+
+
+@dataclass(frozen=True)
+class GridCell:
+    """One head of the grid: its thumbnail's position in the payload, its label and where it opens."""
+
+    thumb: int
+    label: str
+    href: str
+
+
+@dataclass(frozen=True)
+class GridRow:
+    layer: int
+    cells: tuple[GridCell, ...]
+
+
+@dataclass(frozen=True)
+class ChunkLinks:
+    """The files (or sections) of one layer, or of the aggregate."""
+
+    label: str
+    links: tuple[Link, ...]
+
+
+@dataclass(frozen=True)
+class IndexPage:
+    """Everything the index formats."""
+
+    title: str
+    text: tuple[TextToken, ...]
+    facts: tuple[tuple[str, str], ...]
+    precision: tuple[str, ...]
+    notes: tuple[str, ...]
+    head_labels: tuple[str, ...]
+    grid: tuple[GridRow, ...]
+    chunk_links: tuple[ChunkLinks, ...]
+    thumbnails: str
+    data: dict[str, Any]
+
+
+def report_title(store: CaptureStore) -> str:
+    return f"Attention · {store.manifest['model']['name']}"
+
+
+def index_page(
+    store: CaptureStore,
+    grid: list[list[Chunk]],
+    hrefs: dict[tuple[int | str, int], str],
+    chunk_links: list[ChunkLinks],
+    thumbnails: str,
+    notes: list[str],
+) -> IndexPage:
+    """Build the index of a rendered report; `hrefs[(layer, head)]` is where each head of the grid opens."""
+    naming = HeadNaming(store.num_heads, store.num_kv_heads)
+    rows = tuple(
+        GridRow(layer, tuple(GridCell(layer * store.num_heads + head, naming.label(head), hrefs[(layer, head)])
+                             for head in range(store.num_heads)))
+        for layer in range(store.num_layers)
+    )
+    return IndexPage(
+        title=report_title(store),
+        text=tuple(index_text(store)),
+        facts=tuple(capture_facts(store)),
+        precision=(STORED_PRECISION[store.attention_dtype], SCHEME_DESCRIPTION, THUMBNAIL_DESCRIPTION),
+        notes=tuple(notes),
+        head_labels=tuple(naming.label(head) for head in range(store.num_heads)),
+        grid=rows,
+        chunk_links=tuple(chunk_links),
+        thumbnails=thumbnails,
+        data={"thumbSize": thumbnail_size(store.num_tokens), "layers": store.num_layers, "heads": store.num_heads},
+    )
+
+
+def index_text(store: CaptureStore) -> list[TextToken]:
+    """The prompt and completion token by token, completion and special tokens marked."""
+    special = store.special
+    return [
+        TextToken(
+            text=token,
+            css="att-token" + (" att-completion" if i >= store.prompt_length else "") + (" att-special" if special[i] else ""),
+            kind=token_kind(token),
+        )
+        for i, token in enumerate(store.tokens)
+    ]
+
+
+def capture_facts(store: CaptureStore) -> list[tuple[str, str]]:
+    """The model, input and generation facts a reader of a bug ticket needs, as label/value pairs."""
+    manifest = store.manifest
+    model, generation = manifest["model"], manifest["generation"]
+    completion_length = store.num_tokens - store.prompt_length
+    facts = [
+        ("Model", str(model["name"])),
+        ("Architecture", f"{model.get('architecture')} ({model.get('model_type')})"),
+        ("Layers × heads", f"{store.num_layers} × {store.num_heads}"
+                           + (f" ({store.num_kv_heads} key/value heads, shared by "
+                              f"{store.num_heads // store.num_kv_heads} query heads each)"
+                              if store.num_kv_heads < store.num_heads else "")),
+        ("Weights", str(model.get("dtype"))),
+        ("Attention", "causal (each token sees the tokens before it)" if store.causal else "bidirectional"),
+        ("Tokens", f"{store.num_tokens:,} ({store.prompt_length:,} prompt + {completion_length:,} completion)"),
+        ("Input", str((manifest.get("input") or {}).get("mode", "raw"))),
+        ("Completion", _generation_text(generation)),
+    ]
+    if generation.get("device"):
+        facts.append(("Device", f"{generation['device']}, recorded with {generation.get('record_attention', 'eager')} attention"))
+    software = manifest.get("software") or {}
+    if software:
+        facts.append(("Software", ", ".join(f"{name} {version}" for name, version in sorted(software.items()))))
+    return facts
+
+
+def _generation_text(generation: dict[str, Any]) -> str:
+    mode = generation.get("mode", "none")
+    described = {
+        "greedy": "generated greedily",
+        "sample": (f"sampled (seed {generation.get('seed')}, temperature {generation.get('temperature')}, "
+                   f"top-p {generation.get('top_p')}, top-k {generation.get('top_k')})"),
+        "given": "given (teacher-forced)",
+        "none": "none",
+    }.get(mode, mode)
+    if generation.get("stop_reason"):
+        described += f"; stopped at {'the end-of-sequence token' if generation['stop_reason'] == 'eos' else 'the token limit'}"
+    return described
