@@ -11,6 +11,7 @@ import inspect
 import platform
 import sys
 import time
+import types
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -30,7 +31,7 @@ from att_report.heap import return_large_blocks_to_system
 from att_report.logprobs import TOP_ALTERNATIVES, CompletionScores, score_completion, tapping_final_hidden
 from att_report.models import LoadedModel, context_length, is_causal_config, load_model, model_facts
 from att_report.neurons import NeuronRecorder, check_neuron_count, layer_modules, recording_neurons
-from att_report.prompts import PromptTokens, tokenize_input
+from att_report.prompts import PromptTokens, check_prompt_options, tokenize_input
 from att_report.recorder import AttentionSite, eager_attention, find_attention_sites, probe_attention, recording
 from att_report.saliency import saliency_maps
 from att_report.store import LayerWriter, is_store, write_array, write_manifest
@@ -57,8 +58,9 @@ def capture(
 
 
 def capture_with_config(config: CaptureConfig, output: Path) -> Path:
-    """Load the model `config` names and capture; the output path is checked before any slow work."""
+    """Load the model `config` names and capture; the output path and prompt are checked before any slow work."""
     check_replaceable(output, config.force, is_store, "capture")
+    check_prompt_options(config)
     started = time.perf_counter()
     loaded = load_model(config)
     return capture_loaded(loaded, replace(config, model=loaded.name), output, time.perf_counter() - started)
@@ -347,3 +349,14 @@ def _software() -> dict[str, str]:
         "numpy": np.__version__,
         "platform": sys.platform,
     }
+
+
+class _CallableModule(types.ModuleType):
+    """Importing this module rebinds the package attribute `att_report.capture` (the API function) to the module,
+    so the module forwards calls: `att_report.capture(...)` keeps working whichever was imported first."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Path:
+        return capture(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

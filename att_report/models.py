@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ from transformers import (
     AutoTokenizer,
     PretrainedConfig,
 )
+from transformers.utils import logging as hf_logging
 
 from att_report.atomic import staged_directory
 from att_report.config import CaptureConfig
@@ -48,11 +51,12 @@ class LoadedModel:
 
 def load_model(config: CaptureConfig) -> LoadedModel:
     """Load what `config` names, on the requested device and dtype, with eager-capable attention."""
-    if config.gguf_file is not None:
-        return _load_gguf(config)
-    if config.model is None:
-        return _load_folder(embedded_model_folder(), EMBEDDED_NAME, config)
-    return _load_folder(config.model, config.model, config)
+    with _progress_bars_hidden(not config.progress):
+        if config.gguf_file is not None:
+            return _load_gguf(config)
+        if config.model is None:
+            return _load_folder(embedded_model_folder(), EMBEDDED_NAME, config)
+        return _load_folder(config.model, config.model, config)
 
 
 def embedded_model_folder() -> Path:
@@ -123,19 +127,38 @@ def _load_folder(source: str | Path, name: str, config: CaptureConfig, gguf_file
     device_options = _device_options(config)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(source), **extra)
-        model = auto_class.from_pretrained(str(source), attn_implementation="sdpa" if causal else "eager",
-                                           **device_options, **extra)
-    except ValueError as error:
-        if "sdpa" in str(error).lower():
+        try:
+            model = auto_class.from_pretrained(str(source), attn_implementation="sdpa" if causal else "eager",
+                                               **device_options, **extra)
+        except ValueError as error:
+            if not _lacks_sdpa(error):
+                raise
             model = auto_class.from_pretrained(str(source), attn_implementation="eager", **device_options, **extra)
-        else:
-            raise ModelError(f"cannot load model {name}: {_first_line(error)}")
-    except (OSError, ImportError) as error:
+    except (OSError, ImportError, ValueError) as error:
         raise ModelError(f"cannot load model {name}: {_first_line(error)}")
     if config.device_map is None:
         model.to(_resolve_device(config.device))
     model.eval()
     return LoadedModel(model=model, tokenizer=tokenizer, name=name, revision=config.revision, causal=causal)
+
+
+def _lacks_sdpa(error: ValueError) -> bool:
+    """Recognise transformers' refusal of SDPA attention (the architecture then loads with eager attention)."""
+    text = str(error).lower()
+    return "sdpa" in text or "scaled_dot_product_attention" in text
+
+
+@contextmanager
+def _progress_bars_hidden(hidden: bool) -> Iterator[None]:
+    """Hide transformers' own progress bars (loading, converting) when asked, then restore its setting."""
+    previous = hf_logging.is_progress_bar_enabled()
+    if hidden:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if previous:
+            hf_logging.enable_progress_bar()
 
 
 def _read_config(source: str | Path, extra: dict[str, Any]) -> PretrainedConfig:
@@ -205,6 +228,11 @@ def model_facts(loaded: LoadedModel) -> dict[str, Any]:
     """Describe the model for the store's manifest."""
     model_config = loaded.model.config
     text_config = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
+    if getattr(text_config, "num_attention_heads", None) is None:
+        raise ModelError(
+            f"model {loaded.name} ({model_config.model_type}) has no attention heads, so it has no attention weights "
+            "to record; use a transformer model with attention layers."
+        )
     heads = int(text_config.num_attention_heads)
     return {
         "name": loaded.name,

@@ -18,12 +18,17 @@ class PromptTokens:
     mode: str
 
 
-def tokenize_input(tokenizer: Any, config: CaptureConfig, causal: bool) -> PromptTokens:
-    """Tokenize the prompt as the model expects it, checking the options make sense for this model."""
+def check_prompt_options(config: CaptureConfig) -> None:
+    """Refuse prompt options that cannot work with any model, so they fail before a model is loaded."""
     if not config.prompt.strip():
         raise UsageError("the prompt is empty; give some text with --prompt or --prompt-file.")
     if config.system is not None and not config.chat:
         raise UsageError("--system needs --chat, because a system message only exists in a chat template.")
+
+
+def tokenize_input(tokenizer: Any, config: CaptureConfig, causal: bool) -> PromptTokens:
+    """Tokenize the prompt as the model expects it, checking the options make sense for this model."""
+    check_prompt_options(config)
     if not causal and (config.chat or config.completion is not None):
         raise UsageError("this model is a bidirectional encoder: it has no chat template or completion; drop --chat/--completion.")
     if config.chat:

@@ -1,13 +1,19 @@
-"""Shared fixtures: a real headless Chromium (Debian's, never a downloaded one) driven by Playwright."""
+"""Shared fixtures: tiny model folders for capture tests; a real headless Chromium (Debian's, never a downloaded one)
+driven by Playwright."""
 
 from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+
+# Tests never touch the network: a hub id fails at once instead of retrying for half a minute. huggingface_hub reads
+# this when first imported, which is after this file loads.
+os.environ["HF_HUB_OFFLINE"] = "1"
 
 CHROMIUM_FLAGS = [
     "--no-sandbox",
@@ -16,6 +22,15 @@ CHROMIUM_FLAGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """Give the folder of a tiny model of a kind in tests/tiny_models.py, each built once per session when first asked."""
+    from tiny_models import tiny_model_folder  # imports torch: only for the tests that use a model
+
+    root = tmp_path_factory.mktemp("tiny-models")
+    return lambda kind: tiny_model_folder(kind, root)
 
 
 def _chromium_path() -> str | None:
