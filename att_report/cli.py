@@ -45,6 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_capture_arguments(capture)
     capture.add_argument("-o", "--output", required=True, type=Path, help="the capture directory to write")
     capture.set_defaults(handler=run_capture_command)
+    info = commands.add_parser("info", help="describe a capture: model, tokens, texts, settings, size, versions")
+    info.add_argument("capture", type=Path, help="a capture directory (written by `att-report capture`)")
+    info.add_argument("--metrics", action="store_true", help="add a table of every layer x head with every metric")
+    info.add_argument("--json", action="store_true", help="print one JSON document instead of aligned lines")
+    info.set_defaults(handler=run_info_command)
 
     render = commands.add_parser("render", help="turn a capture into an HTML report (no torch needed)")
     render.add_argument("capture", type=Path, help="the capture directory that `att-report capture -o` wrote")
@@ -163,6 +168,13 @@ def run_capture_command(args: argparse.Namespace) -> int:
 
     store = capture_with_config(capture_config_from(args), args.output)
     print(f"capture written to {store}")
+    return 0
+
+
+def run_info_command(args: argparse.Namespace) -> int:
+    from att_report.info import info  # numpy only: info never imports torch
+
+    sys.stdout.write(info(args.capture, with_metrics=args.metrics, as_json=args.json))
     return 0
 
 
