@@ -165,3 +165,26 @@ def tiny_model_folder(kind: str, root: Path) -> Path:
         tokenizer.save_pretrained(folder)
         model.save_pretrained(folder)
     return folder
+
+
+def deep_model_folder(root: Path, layers: int = 32, context: int = 2048) -> Path:
+    """Save (once) a tiny Llama with many layers and a longer context: recording a long prompt takes seconds, long
+    enough to interrupt a capture while it writes layers."""
+    folder = root / f"llama-deep-{layers}"
+    if not (folder / "config.json").is_file():
+        tokenizer = bpe_tokenizer(chat=False)
+        torch.manual_seed(0)
+        config = LlamaConfig(vocab_size=len(tokenizer), max_position_embeddings=context, head_dim=8,
+                             **{**SHAPE, "num_hidden_layers": layers}, **DECODER_SPECIALS)
+        LlamaForCausalLM(config).save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+    return folder
+
+
+def long_prompt(tokens: int) -> str:
+    """Repeat the corpus until the text has at least `tokens` tokens (and about 250 more at most)."""
+    text = " ".join(CORPUS)
+    tokenizer = bpe_tokenizer(chat=False)
+    while len(tokenizer(text).input_ids) < tokens:
+        text += " " + " ".join(CORPUS)
+    return text
