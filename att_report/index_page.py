@@ -9,8 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from att_report.analysis import head_metrics
 from att_report.chunks import Chunk, HeadNaming
+from att_report.confidence import StripCell, confidence_strip, token_details
 from att_report.encode import SCHEME_DESCRIPTION
+from att_report.metrics_view import MetricsView, metrics_view
 from att_report.store import CaptureStore
 from att_report.thumbnails import DESCRIPTION as THUMBNAIL_DESCRIPTION
 from att_report.thumbnails import thumbnail_size
@@ -61,12 +64,14 @@ class IndexPage:
 
     title: str
     text: tuple[TextToken, ...]
+    strip: tuple[StripCell, ...]
     facts: tuple[tuple[str, str], ...]
     precision: tuple[str, ...]
     notes: tuple[str, ...]
     head_labels: tuple[str, ...]
     grid: tuple[GridRow, ...]
     chunk_links: tuple[ChunkLinks, ...]
+    metrics: MetricsView
     thumbnails: str
     data: dict[str, Any]
 
@@ -93,14 +98,17 @@ def index_page(
     return IndexPage(
         title=report_title(store),
         text=tuple(index_text(store)),
+        strip=confidence_strip(store),
         facts=tuple(capture_facts(store)),
         precision=(STORED_PRECISION[store.attention_dtype], SCHEME_DESCRIPTION, THUMBNAIL_DESCRIPTION),
         notes=tuple(notes),
         head_labels=tuple(naming.label(head) for head in range(store.num_heads)),
         grid=rows,
         chunk_links=tuple(chunk_links),
+        metrics=metrics_view(head_metrics(store), [naming.label(head) for head in range(store.num_heads)], hrefs),
         thumbnails=thumbnails,
-        data={"thumbSize": thumbnail_size(store.num_tokens), "layers": store.num_layers, "heads": store.num_heads},
+        data={"thumbSize": thumbnail_size(store.num_tokens), "layers": store.num_layers, "heads": store.num_heads,
+              "details": token_details(store)},
     )
 
 

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import os
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
+from att_report.analysis import overall_mean
+from att_report.analysis_pages import AnalysisPage, write_analysis_pages
 from att_report.atomic import PARTIAL_PREFIX, check_replaceable, staged_directory
 from att_report.chunks import (
     INDEX_NAME,
@@ -30,6 +32,8 @@ from att_report.chunks import (
 from att_report.encode import encode_rows
 from att_report.errors import OutputExistsError, UsageError
 from att_report.index_page import ChunkLinks, IndexPage, index_page
+from att_report.neuron_page import PAGE_NAME as NEURON_PAGE
+from att_report.neuron_page import neuron_page
 from att_report.store import CaptureStore, load
 from att_report.templating import render_template, write_html
 from att_report.thumbnails import layer_thumbnails, pack_thumbnails
@@ -96,7 +100,12 @@ def write_report(store: CaptureStore, directory: Path, options: RenderOptions) -
             parts_of[chunk.name] = parts
             for part in parts:
                 write_html(directory / part.name, _part_html(store, grid, row, column, part, parts, matrices, text))
-    index = _index(store, grid, parts_of, pack_thumbnails(thumbnails))
+    analyses = write_analysis_pages(store, text, directory, budget)
+    neurons = neuron_page(store)
+    if neurons is not None:
+        write_html(directory / NEURON_PAGE, render_template("neurons.html", page=neurons))
+        analyses.append(AnalysisPage("Neuron activations", (NEURON_PAGE,)))
+    index = _index(store, grid, parts_of, pack_thumbnails(thumbnails), analyses)
     write_html(directory / INDEX_NAME, render_template("index.html", index=index))
 
 
@@ -113,11 +122,9 @@ def row_sources(store: CaptureStore, grid: list[list[Chunk]], thumbnails: list[n
             thumbnails.append(layer_thumbnails(attention))
             yield attention
         return
-    total = np.zeros((store.num_tokens, store.num_tokens), dtype=np.float64)
     for attention in store.layers():
         thumbnails.append(layer_thumbnails(attention))
-        total += attention.mean(axis=0, dtype=np.float64)
-    yield (total / store.num_layers).astype(np.float32)[np.newaxis]
+    yield overall_mean(store)[np.newaxis]
 
 
 def chunk_matrices(source: np.ndarray, chunk: Chunk) -> np.ndarray:
@@ -191,20 +198,20 @@ def _part_html(store: CaptureStore, grid: list[list[Chunk]], row: int, column: i
     labels = head_labels(chunk, naming)
     section = Section(
         key=part.name.removesuffix(".html"),
-        title=_part_title(part, len(text.tokens)),
+        title=part_title(part, len(text.tokens)),
         layer=chunk.layer,
         heads=tuple(labels[slot] for slot in part.slots),
         matrices=matrices[list(part.slots), part.row_start:part.row_end],
         row_start=part.row_start,
     )
-    siblings = tuple(Link(_part_title(other, len(text.tokens)), other.name) for other in parts) if len(parts) > 1 else ()
+    siblings = tuple(Link(part_title(other, len(text.tokens)), other.name) for other in parts) if len(parts) > 1 else ()
     nav = replace(navigation(grid, row, column), parts=siblings)
     page = chunk_page(f"{section.title} · {store.manifest['model']['name']}", text, [section], nav,
                       page_notes(store, part, len(parts)))
     return render_template("chunk.html", page=page)
 
 
-def _part_title(part: Part, num_tokens: int) -> str:
+def part_title(part: Part, num_tokens: int) -> str:
     title = part.chunk.title
     if part.chunk.heads is not None and len(part.slots) < len(part.chunk.heads):
         heads = [part.chunk.heads[slot] for slot in part.slots]
@@ -224,7 +231,8 @@ def page_notes(store: CaptureStore, part: Part, part_count: int) -> list[str]:
     return notes
 
 
-def _index(store: CaptureStore, grid: list[list[Chunk]], parts_of: dict[str, list[Part]], thumbnails: str) -> IndexPage:
+def _index(store: CaptureStore, grid: list[list[Chunk]], parts_of: dict[str, list[Part]], thumbnails: str,
+           analyses: list[AnalysisPage]) -> IndexPage:
     """The index view-model, its grid cells opening the file that holds each head's first rows."""
     hrefs = {}
     for layer in range(store.num_layers):
@@ -235,9 +243,12 @@ def _index(store: CaptureStore, grid: list[list[Chunk]], parts_of: dict[str, lis
             else:
                 part = next(part for part in parts_of[chunk.name] if head in [chunk.heads[s] for s in part.slots])
                 hrefs[(layer, head)] = f"{part.name}#head={head}"
-    links = [ChunkLinks(row_label(row), tuple(Link(_part_title(part, store.num_tokens), part.name)
+    links = [ChunkLinks(row_label(row), tuple(Link(part_title(part, store.num_tokens), part.name)
                                               for chunk in row for part in parts_of[chunk.name]))
              for row in grid]
+    links += [ChunkLinks(page.title, tuple(Link(f"file {number}" if len(page.files) > 1 else "open", name)
+                                          for number, name in enumerate(page.files, 1)))
+              for page in analyses]
     split = sum(len(parts) > 1 for parts in parts_of.values())
     notes = [f"{split} of {len(parts_of)} chunks exceeded the size budget and were split into files of fewer heads "
              "or fewer query rows."] if split else []
@@ -252,7 +263,7 @@ def check_render_target(output: Path, options: RenderOptions) -> None:
 
         check_single_file_target(output, options.force)
         return
-    _check_report_target(output, options.force)
+    check_report_target(output, options.force)
     zipped = output.with_name(output.name + ".zip")
     if options.zip and zipped.exists() and not options.force:
         raise OutputExistsError(f"{zipped} already exists; choose another output path or pass --force to replace it.")
@@ -277,13 +288,15 @@ def is_report(path: Path) -> bool:
     return ours and all(entry.is_file() and entry.suffix == ".html" for entry in path.iterdir())
 
 
-def _check_report_target(output: Path, force: bool) -> None:
-    """Refuse to replace anything but an earlier report (with --force); an empty folder is simply used."""
+def check_report_target(output: Path, force: bool, is_ours: Callable[[Path], bool] = is_report,
+                        kind: str = "report") -> None:
+    """Refuse to replace anything but an earlier report that `is_ours` accepts (with --force); an empty folder is
+    simply used."""
     if output.is_dir() and not output.is_symlink() and not any(output.iterdir()):
         return  # an empty folder: the staged report simply takes its place
     if output.exists() and not output.is_dir():
-        raise OutputExistsError(f"{output} is a file; give a folder path for the report (or use --single-file).")
-    check_replaceable(output, force, is_report, "report")
+        raise OutputExistsError(f"{output} is a file; give a folder path for the {kind}.")
+    check_replaceable(output, force, is_ours, kind)
 
 
 def zip_report(folder: Path) -> Path:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from att_report.analysis_pages import rollout_sections, saliency_sections
 from att_report.atomic import PARTIAL_PREFIX
 from att_report.chunks import Chunk, HeadNaming, chunk_of, head_labels, plan_chunks, row_label
 from att_report.encode import encode_rows
@@ -53,10 +54,21 @@ def render_single_file(store: CaptureStore, output: Path, options: RenderOptions
             if payload_bytes > budget:
                 raise UsageError(_too_large(store, options, row + 1))
             sections.append(Section(chunk.key, chunk.title, chunk.layer, head_labels(chunk, naming), matrices, 0))
+    analyses: list[ChunkLinks] = []
+    for title, extra in (("Attention rollout", rollout_sections(store)), ("Gradient saliency", saliency_sections(store))):
+        links = []
+        for section in extra:
+            payload_bytes += len(encode_rows(section.matrices, 0, store.causal))
+            if payload_bytes > budget:
+                raise UsageError(_too_large(store, options, store.num_layers))
+            sections.append(section)
+            links.append(Link(section.title, f"#section={section.key}"))
+        if links:
+            analyses.append(ChunkLinks(title, tuple(links)))
     hrefs = {(layer, head): _fragment(grid, layer, head) for layer in range(store.num_layers)
              for head in range(store.num_heads)}
     links = [ChunkLinks(row_label(chunks), tuple(Link(chunk.title, f"#section={chunk.key}") for chunk in chunks))
-             for chunks in grid]
+             for chunks in grid] + analyses
     index = index_page(store, grid, hrefs, links, pack_thumbnails(thumbnails), [])
     navigation = Navigation(index=Link("Overview", "#top"), prev_layer=None, next_layer=None, prev_group=None,
                             next_group=None)

@@ -92,10 +92,60 @@ window.attReport = window.attReport || {};
     ns.exportSvg(svg, 'attention-grid.svg');
   };
 
+  /* Hover a completion token (or its strip cell, or a [MASK]) to read its probability and the likeliest alternatives. */
+  ns.TokenDetails = function (details, line) {
+    this.details = details;
+    this.line = line;
+    this.marked = [];
+    var view = this;
+    document.addEventListener('mouseover', function (event) {
+      var token = event.target.closest('[data-index-text] [data-index], [data-confidence-strip] [data-index]');
+      if (token) view.show(token.getAttribute('data-index'));
+    });
+  };
+
+  ns.TokenDetails.prototype.show = function (index) {
+    var detail = this.details[index];
+    this.marked.forEach(function (element) { element.classList.remove('att-shown'); });
+    this.marked = Array.prototype.slice.call(document.querySelectorAll(
+      '[data-index-text] [data-index="' + index + '"], [data-confidence-strip] [data-index="' + index + '"]'));
+    if (!detail) return;
+    this.marked.forEach(function (element) { element.classList.add('att-shown'); });
+    var line = this.line;
+    line.textContent = 'token ' + index + ': ' + detail.heading + ' ';
+    detail.alternatives.forEach(function (pair) {
+      var item = document.createElement('span');
+      item.className = 'att-alt';
+      item.textContent = '“' + pair[0] + '” ' + pair[1];
+      line.appendChild(item);
+    });
+    line.setAttribute('data-shown-index', index);
+  };
+
+  /* Sort the metrics table by a clicked column: descending first, ascending on a second click. */
+  ns.sortTable = function (table, header) {
+    var column = Number(header.getAttribute('data-sort-column'));
+    var descending = header.getAttribute('aria-sort') !== 'descending';
+    table.querySelectorAll('th[aria-sort]').forEach(function (th) { th.removeAttribute('aria-sort'); });
+    header.setAttribute('aria-sort', descending ? 'descending' : 'ascending');
+    var body = table.tBodies[0], rows = Array.prototype.slice.call(body.rows);
+    rows.sort(function (a, b) {
+      var x = Number(a.cells[column].getAttribute('data-sort')), y = Number(b.cells[column].getAttribute('data-sort'));
+      return descending ? y - x : x - y;
+    });
+    rows.forEach(function (row) { body.appendChild(row); });
+  };
+
+  document.addEventListener('click', function (event) {
+    var header = event.target.closest('[data-metrics-table] th[data-sort-column]');
+    if (header) ns.sortTable(header.closest('table'), header);
+  });
+
   async function start() {
     var root = document.querySelector('[data-grid]'), payload = document.getElementById('att-thumbnails');
     if (!root || !payload) return;
     var meta = JSON.parse(document.getElementById('att-index-data').textContent);
+    ns.details = new ns.TokenDetails(meta.details, document.querySelector('[data-token-details]'));
     var bytes = await ns.inflate(ns.base64ToBytes(payload.textContent.trim()));
     ns.grid = new ns.IndexGrid(root, meta, bytes);
     ns.grid.draw();
