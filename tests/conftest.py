@@ -26,7 +26,7 @@ CHROMIUM_FLAGS = [
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
-    """Give the folder of a tiny model of a kind in tests/tiny_models.py, each built once per session when first asked."""
+    """Give the folder of a tiny model of a kind in tests/tiny_models.py, built once per session when first asked."""
     from tiny_models import tiny_model_folder  # imports torch: only for the tests that use a model
 
     root = tmp_path_factory.mktemp("tiny-models")

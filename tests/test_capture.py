@@ -55,8 +55,8 @@ def eager_model(kind: str, folder: Path) -> PreTrainedModel:
 @pytest.fixture(scope="module")
 def generated(kind: str, folder: Path, tmp_path_factory: pytest.TempPathFactory) -> att_report.CaptureStore:
     """A default capture: greedy completion, attention stored as float16."""
-    path = att_report.capture(PROMPT, tmp_path_factory.mktemp(kind) / "generated", model=str(folder), max_new_tokens=NEW_TOKENS,
-                              progress=False)
+    path = att_report.capture(PROMPT, tmp_path_factory.mktemp(kind) / "generated", model=str(folder),
+                              max_new_tokens=NEW_TOKENS, progress=False)
     return att_report.load(path)
 
 
@@ -64,8 +64,8 @@ def generated(kind: str, folder: Path, tmp_path_factory: pytest.TempPathFactory)
 def forced(kind: str, folder: Path, tmp_path_factory: pytest.TempPathFactory) -> att_report.CaptureStore:
     """A capture of a known completion, teacher-forced (an encoder has none), with attention stored as float32."""
     completion = COMPLETION if TINY_KINDS[kind].causal else None
-    path = att_report.capture(PROMPT, tmp_path_factory.mktemp(kind) / "forced", model=str(folder), completion=completion,
-                              attention_dtype="float32", progress=False)
+    path = att_report.capture(PROMPT, tmp_path_factory.mktemp(kind) / "forced", model=str(folder),
+                              completion=completion, attention_dtype="float32", progress=False)
     return att_report.load(path)
 
 
@@ -88,7 +88,8 @@ def test_float16_attention_equals_output_attentions(generated: att_report.Captur
     for layer, truth in enumerate(expected):
         stored = generated.attention(layer)
         assert stored.shape == truth.shape == (generated.num_heads, generated.num_tokens, generated.num_tokens)
-        np.testing.assert_allclose(stored, truth, rtol=FLOAT16_RELATIVE, atol=FLOAT16_ABSOLUTE, err_msg=f"layer {layer}")
+        np.testing.assert_allclose(stored, truth, rtol=FLOAT16_RELATIVE, atol=FLOAT16_ABSOLUTE,
+                                   err_msg=f"layer {layer}")
 
 
 @all_kinds
@@ -151,7 +152,8 @@ def test_tokens_join_into_the_decoded_text(generated: att_report.CaptureStore, t
 
 
 @causal_kinds
-def test_multibyte_characters_split_over_tokens_read_back_whole(folder: Path, tmp_path: Path, tokenizer: object) -> None:
+def test_multibyte_characters_split_over_tokens_read_back_whole(folder: Path, tmp_path: Path,
+                                                                tokenizer: object) -> None:
     prompt = "The café → 日本"  # byte-level BPE splits the unseen characters into one token per byte
     store = att_report.load(att_report.capture(prompt, tmp_path / "c", model=str(folder),
                                                max_new_tokens=0, progress=False))

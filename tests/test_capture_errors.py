@@ -16,11 +16,12 @@ import att_report
 from att_report.cli import main
 from tiny_models import CONTEXT_LENGTH, deep_model_folder, long_prompt
 
-Arguments = Callable[[Path, Path], list[str]]  # (tiny GPT-2 folder, scratch folder) -> arguments after "capture"
+Models = Callable[[str], Path]  # a tiny model kind -> its folder
+Arguments = Callable[[Models, Path], list[str]]  # (tiny models, scratch folder) -> the arguments after "capture"
 
 
 @pytest.fixture(scope="module")
-def gpt2(tiny_model: Callable[[str], Path]) -> Path:
+def gpt2(tiny_model: Models) -> Path:
     return tiny_model("gpt2")
 
 
@@ -51,56 +52,58 @@ def assert_nothing_written(output: Path) -> None:
     assert list(output.parent.glob(f".partial-{output.name}*")) == []
 
 
+def tiny(kind: str, *arguments: str) -> Arguments:
+    return lambda models, scratch: ["--model", str(models(kind)), *arguments]
+
+
 BAD_INPUTS: dict[str, tuple[Arguments, tuple[str, ...]]] = {
     "missing model folder": (
-        lambda model, scratch: ["--model", str(scratch / "no-such-model"), "--prompt", "hello"],
+        lambda models, scratch: ["--model", str(scratch / "no-such-model"), "--prompt", "hello"],
         ("no-such-model does not exist", "--model"),
     ),
     "unknown hub id": (
-        lambda model, scratch: ["--model", "nobody/no-such-model", "--prompt", "hello"],
+        lambda models, scratch: ["--model", "nobody/no-such-model", "--prompt", "hello"],
         ("cannot load model nobody/no-such-model", "give a hub id, a local model folder"),
     ),
-    "empty prompt": (
-        lambda model, scratch: ["--model", str(model), "--prompt", " \n "],
-        ("the prompt is empty", "--prompt"),
+    "model without attention": (
+        tiny("mamba", "--prompt", "hello"),
+        ("no attention weights to record", "use a transformer model"),
     ),
+    "empty prompt": (tiny("gpt2", "--prompt", " \n "), ("the prompt is empty", "--prompt")),
     "longer than the context": (
-        lambda model, scratch: ["--model", str(model), "--prompt", "hello", "--max-new-tokens", str(CONTEXT_LENGTH)],
+        tiny("gpt2", "--prompt", "hello", "--max-new-tokens", str(CONTEXT_LENGTH)),
         (f"context length of {CONTEXT_LENGTH}", "lower --max-new-tokens"),
     ),
+    "negative token count": (tiny("gpt2", "--prompt", "hello", "--max-new-tokens", "-1"), ("give 0",)),
+    "empty given completion": (tiny("gpt2", "--prompt", "hello", "--completion", ""), ("completion is empty",)),
+    "chat without a template": (tiny("gpt2", "--prompt", "hello", "--chat"), ("no chat template", "drop --chat")),
+    "system without chat": (tiny("gpt2", "--prompt", "hello", "--system", "Be terse."), ("--system needs --chat",)),
+    "completion for an encoder": (
+        tiny("bert", "--prompt", "hello", "--completion", " world"),
+        ("bidirectional encoder", "drop --chat/--completion"),
+    ),
     "missing GGUF path": (
-        lambda model, scratch: ["--gguf-file", str(scratch / "model.gguf"), "--prompt", "hello"],
+        lambda models, scratch: ["--gguf-file", str(scratch / "model.gguf"), "--prompt", "hello"],
         ("model.gguf does not exist", "--gguf-file"),
     ),
     "missing GGUF inside the model folder": (
-        lambda model, scratch: ["--model", str(model), "--gguf-file", "model.gguf", "--prompt", "hello"],
+        tiny("gpt2", "--gguf-file", "model.gguf", "--prompt", "hello"),
         ("gpt2/model.gguf does not exist", "--gguf-file"),
     ),
     "missing prompt file": (
-        lambda model, scratch: ["--model", str(model), "--prompt-file", str(scratch / "prompt.txt")],
+        lambda models, scratch: ["--model", str(models("gpt2")), "--prompt-file", str(scratch / "prompt.txt")],
         ("--prompt-file", "prompt.txt does not exist", "UTF-8 text file"),
-    ),
-    "system without chat": (
-        lambda model, scratch: ["--model", str(model), "--prompt", "hello", "--system", "Be terse."],
-        ("--system needs --chat",),
     ),
 }
 
 
 @pytest.mark.parametrize("case", BAD_INPUTS)
-def test_bad_input_is_refused_with_one_line(case: str, gpt2: Path, tmp_path: Path,
+def test_bad_input_is_refused_with_one_line(case: str, tiny_model: Models, tmp_path: Path,
                                             capfd: pytest.CaptureFixture[str]) -> None:
     arguments, phrases = BAD_INPUTS[case]
-    code, stdout, stderr = run_capture(arguments(gpt2, tmp_path), tmp_path / "out", capfd)
+    code, stdout, stderr = run_capture(arguments(tiny_model, tmp_path), tmp_path / "out", capfd)
     assert_refused(code, stderr, *phrases)
     assert stdout == ""
-    assert_nothing_written(tmp_path / "out")
-
-
-def test_model_without_attention_is_refused(tiny_model: Callable[[str], Path], tmp_path: Path,
-                                            capfd: pytest.CaptureFixture[str]) -> None:
-    code, _, stderr = run_capture(["--model", str(tiny_model("mamba")), "--prompt", "hello"], tmp_path / "out", capfd)
-    assert_refused(code, stderr, "no attention weights to record", "use a transformer model")
     assert_nothing_written(tmp_path / "out")
 
 
@@ -147,6 +150,9 @@ def test_force_replaces_an_existing_capture(gpt2: Path, tmp_path: Path, capfd: p
     assert att_report.load(output).manifest["input"]["prompt"] == "first"
     code, stdout, _ = run_capture([*options, "--prompt", "second", "--force"], output, capfd)
     assert code == 0 and stdout == f"capture written to {output}\n"
+    assert att_report.load(output).manifest["input"]["prompt"] == "second"
+    code, _, stderr = run_capture([*options, "--prompt", "third", "--force", "--completion", ""], output, capfd)
+    assert_refused(code, stderr, "completion is empty")  # a failed replacement keeps the old capture
     assert att_report.load(output).manifest["input"]["prompt"] == "second"
     assert [path.name for path in tmp_path.iterdir()] == ["out"]
 

@@ -59,7 +59,7 @@ DAMAGES: dict[str, tuple[Callable[[Path], None], str]] = {
     "missing manifest": (lambda path: (path / "manifest.json").unlink(), r"has no manifest\.json"),
     "not JSON": (lambda path: (path / "manifest.json").write_text("{not json", encoding="utf-8"),
                  r"manifest\.json is not valid JSON"),
-    "foreign format": (lambda path: (path / "manifest.json").write_text('{"format": "other", "version": 1}', encoding="utf-8"),
+    "foreign format": (edit_manifest(lambda manifest: manifest.update(format="other-tool")),
                        r"manifest\.json is not an att-report capture"),
     "newer version": (edit_manifest(lambda manifest: manifest.update(version=2)),
                       r"format version 2, newer than the 1 .*upgrade att-report"),
