@@ -6,6 +6,7 @@ import argparse
 import sys
 import tempfile
 from pathlib import Path
+from typing import NoReturn
 
 from att_report import __version__
 from att_report.chunks import AGGREGATES
@@ -26,8 +27,8 @@ DEMO_NEW_TOKENS = 48
 def main(argv: list[str] | None = None) -> int:
     """Run one subcommand; a user mistake prints one line and returns a non-zero code, never a traceback."""
     parser = build_parser()
-    args = parser.parse_args(argv)
     try:
+        args = parser.parse_args(argv)
         return int(args.handler(args) or 0)
     except AttReportError as error:
         print(f"att-report: error: {error}", file=sys.stderr)
@@ -37,8 +38,15 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+class _Parser(argparse.ArgumentParser):
+    """Report a bad command line as one error line, like every other user mistake (subcommands inherit this)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see `{self.prog} --help`).")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="att-report", description="Static HTML reports of transformer attention.")
+    parser = _Parser(prog="att-report", description="Static HTML reports of transformer attention.")
     parser.add_argument("--version", action="version", version=f"att-report {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     capture = commands.add_parser("capture", help="run a model on a prompt and store its attention")

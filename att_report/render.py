@@ -96,10 +96,10 @@ def write_report(store: CaptureStore, directory: Path, options: RenderOptions) -
     for row, source in enumerate(row_sources(store, grid, thumbnails)):
         for column, chunk in enumerate(grid[row]):
             matrices = chunk_matrices(source, chunk)
-            parts = fit_parts(chunk, matrices, store.causal, budget)
+            parts, pages = fit_pages(store, grid, row, column, matrices, text, budget, int(options.max_file_mb * _MB))
             parts_of[chunk.name] = parts
-            for part in parts:
-                write_html(directory / part.name, _part_html(store, grid, row, column, part, parts, matrices, text))
+            for part, html in zip(parts, pages):
+                write_html(directory / part.name, html)
     analyses = write_analysis_pages(store, text, directory, budget)
     neurons = neuron_page(store)
     if neurons is not None:
@@ -165,11 +165,29 @@ def fit_parts(chunk: Chunk, matrices: np.ndarray, causal: bool, budget: int) -> 
             raise UsageError(f"one query row of {chunk.title} does not fit the --max-file-mb budget; raise it.")
 
     num_tokens = matrices.shape[-1]
+    # The first file keeps the chunk's own name, so the neighbours' links to the chunk resolve however it was split.
     return [
-        Part(chunk, slots, start, end,
+        Part(chunk, slots, start, end, chunk.name if number == 0 else
              part_name(chunk, None if chunk.heads is None else tuple(chunk.heads[s] for s in slots), start, end, num_tokens))
-        for slots, start, end in split(tuple(range(matrices.shape[0])), 0, num_tokens)
+        for number, (slots, start, end) in enumerate(split(tuple(range(matrices.shape[0])), 0, num_tokens))
     ]
+
+
+def fit_pages(store: CaptureStore, grid: list[list[Chunk]], row: int, column: int, matrices: np.ndarray,
+              text: TokenText, budget: int, max_bytes: int) -> tuple[list[Part], list[str]]:
+    """Split the chunk at grid[row][column] into pages of at most `max_bytes`. Each part links to every other, which
+    the payload budget does not foresee: when a page overshoots, lower the budget by as much and split again."""
+    chunk = grid[row][column]
+    while True:
+        parts = fit_parts(chunk, matrices, store.causal, budget)
+        pages = [_part_html(store, grid, row, column, part, parts, matrices, text) for part in parts]
+        overshoot = max(len(html.encode("utf-8")) for html in pages) - max_bytes
+        if overshoot <= 0:
+            return parts, pages
+        budget -= overshoot
+        if budget <= 0:
+            raise UsageError(f"{chunk.title} splits into so many files that the links between them alone exceed "
+                             f"--max-file-mb {max_bytes / _MB:g}; raise it.")
 
 
 def _balanced_row_split(start: int, end: int, causal: bool) -> int:
