@@ -90,6 +90,15 @@ window.attReport = window.attReport || {};
     this.elements[this.shown].classList.add('att-shown');
     this.elements[this.shown].classList.toggle('att-frozen', this.frozen);
     this.render();
+    if (this.onShow) this.onShow(this);  /* a page that links views (compare.js) follows the shown token */
+  };
+
+  /* Show no token and no weights, saying why in the status line (a linked view with nothing to show). */
+  proto.hide = function (message) {
+    if (this.shown >= 0) this.elements[this.shown].classList.remove('att-shown', 'att-frozen');
+    this.shown = -1;
+    this.clear();
+    this.status.textContent = message;
   };
 
   proto.toggleFreeze = function (index) {
