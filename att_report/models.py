@@ -122,6 +122,7 @@ def _load_folder(source: str | Path, name: str, config: CaptureConfig, gguf_file
     if gguf_file is not None:
         extra["gguf_file"] = gguf_file
     model_config = _read_config(source, extra)
+    check_attention_heads(model_config, name)
     causal = is_causal_config(model_config)
     auto_class = AutoModelForCausalLM if causal else encoder_class(model_config)
     device_options = _device_options(config)
@@ -227,12 +228,8 @@ def _first_line(error: BaseException) -> str:
 def model_facts(loaded: LoadedModel) -> dict[str, Any]:
     """Describe the model for the store's manifest."""
     model_config = loaded.model.config
-    text_config = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
-    if getattr(text_config, "num_attention_heads", None) is None:
-        raise ModelError(
-            f"model {loaded.name} ({model_config.model_type}) has no attention heads, so it has no attention weights "
-            "to record; use a transformer model with attention layers."
-        )
+    check_attention_heads(model_config, loaded.name)
+    text_config = _text_config(model_config)
     heads = int(text_config.num_attention_heads)
     return {
         "name": loaded.name,
@@ -248,10 +245,24 @@ def model_facts(loaded: LoadedModel) -> dict[str, Any]:
     }
 
 
+def check_attention_heads(model_config: PretrainedConfig, name: str) -> None:
+    """Refuse a model without attention heads (a state-space model such as Mamba) from its config, before its
+    weights load: it has no attention weights to record."""
+    if getattr(_text_config(model_config), "num_attention_heads", None) is None:
+        raise ModelError(
+            f"model {name} ({model_config.model_type}) has no attention heads, so it has no attention weights "
+            "to record; use a transformer model with attention layers."
+        )
+
+
+def _text_config(model_config: PretrainedConfig) -> PretrainedConfig:
+    """The language model's own config (a multimodal config nests it)."""
+    return model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
+
+
 def context_length(loaded: LoadedModel) -> int | None:
     """Find the longest sequence the model accepts, from its config (tokenizers often say 'unlimited')."""
-    model_config = loaded.model.config
-    text_config = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
+    text_config = _text_config(loaded.model.config)
     for key in ("max_position_embeddings", "n_positions", "n_ctx", "seq_length"):
         value = getattr(text_config, key, None)
         if isinstance(value, int) and value > 0:

@@ -3,6 +3,7 @@ the model itself: `output_attentions` of an eager forward pass, plain greedy `ge
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -144,6 +145,22 @@ def test_given_completion_is_kept_token_for_token(forced: att_report.CaptureStor
     assert [top[0]["id"] for top in forced.manifest["completion"]["top"]] == likeliest
 
 
+@pytest.mark.parametrize("kind", ["llama-gqa"], indirect=True)
+def test_sampled_completion_is_generate_with_the_same_seed(folder: Path, tmp_path: Path, tokenizer: object) -> None:
+    settings = {"temperature": 0.8, "top_k": 20, "top_p": 0.9}
+    stores = [att_report.load(att_report.capture(PROMPT, tmp_path / name, model=str(folder), sample=True, seed=7,
+                                                 max_new_tokens=NEW_TOKENS, progress=False, **settings))
+              for name in ("a", "b")]
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    torch.manual_seed(7)
+    with torch.no_grad():
+        sampled = model.generate(torch.tensor([tokenizer(PROMPT).input_ids]), do_sample=True,
+                                 max_new_tokens=NEW_TOKENS, **settings)[0].tolist()
+    assert stores[0].token_ids == stores[1].token_ids == sampled
+    assert stores[0].manifest["generation"] == {**stores[0].manifest["generation"], "mode": "sample", "seed": 7,
+                                                **settings}
+
+
 @all_kinds
 def test_tokens_join_into_the_decoded_text(generated: att_report.CaptureStore, tokenizer: object) -> None:
     assert "".join(generated.tokens) == decoded(tokenizer, generated.token_ids)
@@ -220,9 +237,12 @@ def test_python_api_takes_a_loaded_model_and_tokenizer(folder: Path, tmp_path: P
 
 def test_model_without_attention_weights_is_refused(tiny_model: Callable[[str], Path], tmp_path: Path) -> None:
     folder = tiny_model("mamba")
+    config_only = tmp_path / "config-only"  # refused from its config alone, before any weights would load
+    config_only.mkdir()
+    shutil.copy(folder / "config.json", config_only)
     loaded = {"model": AutoModelForCausalLM.from_pretrained(folder), "tokenizer": AutoTokenizer.from_pretrained(folder)}
-    for given in ({"model": str(folder)}, loaded):
+    for given in ({"model": str(folder)}, {"model": str(config_only)}, loaded):
         with pytest.raises(att_report.AttReportError, match="no attention") as raised:
             att_report.capture(PROMPT, tmp_path / "c", progress=False, **given)
         assert "use a transformer model" in str(raised.value)
-        assert list(tmp_path.iterdir()) == []
+        assert sorted(path.name for path in tmp_path.iterdir()) == ["config-only"]
