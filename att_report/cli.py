@@ -10,6 +10,7 @@ from typing import NoReturn
 
 from att_report import __version__
 from att_report.chunks import AGGREGATES
+from att_report.compare_report import compare
 from att_report.config import ATTENTION_DTYPE_CHOICES, MODEL_DTYPE_CHOICES, CaptureConfig, option_help
 from att_report.errors import AttReportError, UsageError
 from att_report.render import (
@@ -78,6 +79,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--force", action="store_true", help="replace an earlier report at the output path")
     demo.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
     demo.set_defaults(handler=run_demo_command)
+
+    compare = commands.add_parser("compare", help="two captures side by side, heads ranked by how they differ")
+    compare.add_argument("capture_a", type=Path, help="the first capture directory (shown on the left)")
+    compare.add_argument("capture_b", type=Path, help="the second capture directory (shown on the right)")
+    compare.add_argument("-o", "--output", required=True, type=Path, help="the comparison folder to write")
+    compare.add_argument("--max-file-mb", type=float, default=DEFAULT_MAX_FILE_MB,
+                         help=f"put fewer heads on a page that would exceed this many MB (default {DEFAULT_MAX_FILE_MB:g})")
+    compare.add_argument("--force", action="store_true", help="replace an earlier comparison at the output path")
+    compare.set_defaults(handler=run_compare_command)
     return parser
 
 
@@ -228,6 +238,12 @@ def run_demo_command(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="att-report-") as scratch:
         written = render(capture_with_config(config, Path(scratch) / "capture"), args.output, options)
     print(f"report written to {written}; open {written / 'index.html'} in a browser")
+    return 0
+
+
+def run_compare_command(args: argparse.Namespace) -> int:
+    written = compare(args.capture_a, args.capture_b, args.output, force=args.force, max_file_mb=args.max_file_mb)
+    print(f"comparison written to {written}; open {written / 'index.html'} in a browser")
     return 0
 
 
