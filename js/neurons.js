@@ -50,7 +50,7 @@ window.attReport = window.attReport || {};
     });
     this.draw();
     this.showUnit(0);
-    document.body.setAttribute('data-neuron-layer', String(layer));
+    document.body.setAttribute('data-shown-layer', String(layer));  /* not data-neuron-layer: that names the select */
   };
 
   proto.draw = function () {
