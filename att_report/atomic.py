@@ -8,14 +8,16 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from att_report.errors import OutputExistsError
+from att_report.errors import OutputExistsError, UsageError
 
 PARTIAL_PREFIX = ".partial-"
 
 
 def check_replaceable(target: Path, force: bool, is_ours: Callable[[Path], bool], kind: str) -> None:
-    """Refuse to overwrite `target` unless `force` is set and it holds only our own output."""
+    """Refuse to overwrite `target` unless `force` is set and it holds only our own output; refuse a target that
+    cannot be created at all. Callers run this before any slow work."""
     if not target.exists() and not target.is_symlink():
+        _check_creatable(target)
         return
     if not force:
         raise OutputExistsError(
@@ -27,14 +29,28 @@ def check_replaceable(target: Path, force: bool, is_ours: Callable[[Path], bool]
         )
 
 
+def _check_creatable(target: Path) -> None:
+    """The nearest existing ancestor of `target` must be a directory this process may write in."""
+    ancestor = target.absolute().parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise UsageError(f"cannot create {target}, because {ancestor} is a file; choose an output path in a directory.")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot create {target}, because {ancestor} is not writable; choose another output path.")
+
+
 @contextmanager
 def staged_directory(target: Path) -> Iterator[Path]:
     """Yield an empty sibling directory; on success it replaces `target`, on any failure it is removed."""
     target = target.absolute()
-    target.parent.mkdir(parents=True, exist_ok=True)
     staging = target.parent / f"{PARTIAL_PREFIX}{target.name}.{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+    except OSError as error:
+        raise UsageError(f"cannot create {target} ({error.strerror}); choose a path in a writable directory.")
     try:
         yield staging
         _fsync_tree(staging)

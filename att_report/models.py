@@ -35,6 +35,7 @@ ENCODER_MODEL_TYPES = frozenset({
     "bert", "roberta", "xlm-roberta", "distilbert", "albert", "electra", "camembert", "mpnet", "deberta",
     "deberta-v2", "modernbert", "ernie",
 })
+LOAD_FIX = "give a hub id, a complete local model folder, or a GGUF file with --gguf-file"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -121,7 +122,7 @@ def _load_folder(source: str | Path, name: str, config: CaptureConfig, gguf_file
     extra: dict[str, Any] = {"revision": config.revision, "trust_remote_code": config.trust_remote_code}
     if gguf_file is not None:
         extra["gguf_file"] = gguf_file
-    model_config = _read_config(source, extra)
+    model_config = _read_config(source, name, extra)
     check_attention_heads(model_config, name)
     causal = is_causal_config(model_config)
     auto_class = AutoModelForCausalLM if causal else encoder_class(model_config)
@@ -136,7 +137,7 @@ def _load_folder(source: str | Path, name: str, config: CaptureConfig, gguf_file
                 raise
             model = auto_class.from_pretrained(str(source), attn_implementation="eager", **device_options, **extra)
     except (OSError, ImportError, ValueError) as error:
-        raise ModelError(f"cannot load model {name}: {_first_line(error)}")
+        raise ModelError(f"cannot load model {name}: {_first_line(error)} ({LOAD_FIX}).")
     if config.device_map is None:
         model.to(_resolve_device(config.device))
     model.eval()
@@ -162,16 +163,14 @@ def _progress_bars_hidden(hidden: bool) -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def _read_config(source: str | Path, extra: dict[str, Any]) -> PretrainedConfig:
+def _read_config(source: str | Path, name: str, extra: dict[str, Any]) -> PretrainedConfig:
     """Read the model's config first: a wrong name or path fails here, fast and clearly."""
     if not Path(source).exists() and (str(source).startswith((".", "/", "~")) or str(source).count("/") > 1):
         raise UsageError(f"model path {source} does not exist; give a local model folder or a hub id with --model.")
     try:
         return AutoConfig.from_pretrained(str(source), **extra)
     except (OSError, ValueError, KeyError) as error:
-        raise ModelError(
-            f"cannot load model {source}: {_first_line(error)} (give a hub id, a local model folder, or --gguf-file)."
-        )
+        raise ModelError(f"cannot load model {name}: {_first_line(error)} ({LOAD_FIX}).")
 
 
 def is_causal_config(model_config: PretrainedConfig) -> bool:
@@ -221,8 +220,9 @@ def _resolve_device(device: str) -> torch.device:
 
 
 def _first_line(error: BaseException) -> str:
+    """The error's first line, without its final full stop, to quote inside one of our sentences."""
     text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
+    return text[0].rstrip(".") if text else type(error).__name__
 
 
 def model_facts(loaded: LoadedModel) -> dict[str, Any]:

