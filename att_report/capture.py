@@ -8,6 +8,7 @@ this pass is the attention it had while being generated.
 from __future__ import annotations
 
 import inspect
+import os
 import platform
 import sys
 import time
@@ -46,9 +47,11 @@ def capture(
     tokenizer: Any = None,
     **options: Any,
 ) -> Path:
-    """Capture `prompt` with a model name (or the embedded default), or with an already loaded model and tokenizer."""
-    if model is None or isinstance(model, str):
-        return capture_with_config(CaptureConfig(prompt=prompt, model=model, **options), Path(output))
+    """Capture `prompt` with a model name or folder (or the embedded default), or with an already loaded model and
+    tokenizer."""
+    if model is None or isinstance(model, (str, os.PathLike)):
+        name = None if model is None else os.fspath(model)
+        return capture_with_config(CaptureConfig(prompt=prompt, model=name, **options), Path(output))
     if tokenizer is None:
         raise UsageError("a loaded model needs its tokenizer too; pass tokenizer=... to att_report.capture().")
     config = CaptureConfig(prompt=prompt, model=getattr(model, "name_or_path", None), **options)

@@ -65,7 +65,7 @@ def generated(kind: str, folder: Path, tmp_path_factory: pytest.TempPathFactory)
 def forced(kind: str, folder: Path, tmp_path_factory: pytest.TempPathFactory) -> att_report.CaptureStore:
     """A capture of a known completion, teacher-forced (an encoder has none), with attention stored as float32."""
     completion = COMPLETION if TINY_KINDS[kind].causal else None
-    path = att_report.capture(PROMPT, tmp_path_factory.mktemp(kind) / "forced", model=str(folder),
+    path = att_report.capture(PROMPT, tmp_path_factory.mktemp(kind) / "forced", model=folder,  # a Path works too
                               completion=completion, attention_dtype="float32", progress=False)
     return att_report.load(path)
 
