@@ -108,7 +108,8 @@ def test_rows_are_distributions_and_causal_rows_see_no_future(kind: str, generat
     assert generated.manifest["attention"]["layout"] == ("lower-triangle" if causal else "square")
     above_diagonal = ~np.tri(generated.num_tokens, dtype=bool)
     for attention in generated.layers():
-        np.testing.assert_allclose(attention.sum(axis=-1), 1.0, atol=generated.num_tokens * FLOAT16_RELATIVE)
+        # each weight moves by at most 2^-11 of itself, so a row's sum by at most 2^-11 of 1 (plus float32 sums)
+        np.testing.assert_allclose(attention.sum(axis=-1), 1.0, atol=FLOAT16_RELATIVE + 1e-6)
         if causal:
             assert not attention[:, above_diagonal].any()
         else:
