@@ -6,9 +6,11 @@ The scheme (pure numpy + zlib + base64; js/decode.js is its browser half):
 2. Order the cells column by column: for each of the n heads in turn, for each key column j = 0..T-1, the held
    query rows r = row_start..row_start+R-1 in order, skipping r < j when causal (only the lower triangle is kept).
    Attention columns (a sink, the diagonal, a strong token) are more alike than rows, so deflate finds more.
-3. Split: a bitmap with one bit per cell in that order (most significant bit first, 1 = non-zero byte, zero
-   padded to whole bytes), followed by the non-zero bytes in the same order.
-4. Compress with zlib (deflate in a zlib wrapper, level 9, deterministic) and write base64 (ASCII).
+3. Split into runs: C, the count of cells, and N, the count of non-zero ones, each as 4 bytes little-endian; then for each non-zero cell in that
+   order the number of zero cells before it since the previous non-zero one (a "gap"): one byte if below 255,
+   else the byte 255 followed by the gap as 4 bytes little-endian; then the N non-zero bytes in the same order.
+   Attention is sparse at this precision (typically 5-25% of the cells are non-zero), so gaps are short.
+4. Compress with zlib (deflate in a zlib wrapper, level 6, deterministic) and write base64 (ASCII).
 The browser undoes 4 with atob and DecompressionStream('deflate'), then scatters 3-2 into dense rows.
 """
 
@@ -24,7 +26,8 @@ from att_report.errors import UsageError
 
 QUANT_LEVELS = 255
 ERROR_BOUND = 1 / 510
-COMPRESSION_LEVEL = 9
+COMPRESSION_LEVEL = 6  # level 9 is ~15x slower on these streams for ~3% fewer bytes
+_ESCAPE = 255
 # Weights a little outside [0, 1] from float rounding are clipped; anything further is a caller's mistake.
 _RANGE_SLACK = 1e-3
 SCHEME_DESCRIPTION = (
@@ -41,11 +44,48 @@ def encode_rows(matrices: np.ndarray, row_start: int, causal: bool) -> str:
             f"The matrices to encode have shape {matrices.shape}; expected (heads, rows, tokens), so pass a 3-D array."
         )
     _check_rows(row_start, matrices.shape[1], matrices.shape[2])
-    quantized = quantize(matrices)
-    cells = quantized.transpose(0, 2, 1)[:, _column_mask(row_start, matrices.shape[1], matrices.shape[2], causal)]
-    flat = cells.reshape(-1)
-    raw = np.packbits(flat != 0).tobytes() + flat[flat != 0].tobytes()
+    mask = _column_mask(row_start, matrices.shape[1], matrices.shape[2], causal)
+    cells = quantize(np.asarray(matrices).transpose(0, 2, 1)[:, mask]).reshape(-1)
+    positions = np.flatnonzero(cells)
+    gaps = np.diff(positions, prepend=-1) - 1
+    header = len(cells).to_bytes(4, "little") + len(positions).to_bytes(4, "little")
+    raw = header + _gap_bytes(gaps) + cells[positions].tobytes()
     return base64.b64encode(zlib.compress(raw, COMPRESSION_LEVEL)).decode("ascii")
+
+
+def _gap_bytes(gaps: np.ndarray) -> bytes:
+    """Write each gap as one byte, or as the escape byte and 4 bytes little-endian when it is 255 or more."""
+    escaped = gaps >= _ESCAPE
+    lengths = np.where(escaped, 5, 1)
+    starts = np.cumsum(lengths) - lengths
+    out = np.zeros(int(lengths.sum()), dtype=np.uint8)
+    out[starts] = np.minimum(gaps, _ESCAPE)
+    long_gaps = gaps[escaped].astype("<u4").view(np.uint8).reshape(-1, 4)
+    for offset in range(4):
+        out[starts[escaped] + 1 + offset] = long_gaps[:, offset]
+    return out.tobytes()
+
+
+def _read_gaps(stream: np.ndarray, count: int) -> np.ndarray:
+    """Invert _gap_bytes for `count` gaps, or raise ValueError when the stream does not hold exactly that many."""
+    if not (stream == _ESCAPE).any():  # the common case: every gap is one byte
+        if len(stream) != count:
+            raise ValueError("gap count")
+        return stream.astype(np.int64)
+    gaps = np.zeros(count, dtype=np.int64)
+    at = 0
+    for index in range(count):
+        if at >= len(stream):
+            raise ValueError("gap count")
+        if stream[at] == _ESCAPE:
+            gaps[index] = int(stream[at + 1:at + 5].view("<u4")[0])
+            at += 5
+        else:
+            gaps[index] = stream[at]
+            at += 1
+    if at != len(stream):
+        raise ValueError("gap count")
+    return gaps
 
 
 def decode_rows(payload: str, n: int, row_start: int, row_count: int, num_tokens: int, causal: bool) -> np.ndarray:
@@ -57,16 +97,21 @@ def decode_rows(payload: str, n: int, row_start: int, row_count: int, num_tokens
         raise UsageError(f"The attention payload is not base64 zlib data ({error}); encode it with encode_rows.") from None
     mask = _column_mask(row_start, row_count, num_tokens, causal)
     cell_count = n * int(mask.sum())
-    bitmap_bytes = (cell_count + 7) // 8
-    nonzero = np.unpackbits(raw[:bitmap_bytes], count=cell_count).astype(bool) if cell_count else np.zeros(0, bool)
-    values = raw[bitmap_bytes:]
-    if len(raw) < bitmap_bytes or len(values) != int(nonzero.sum()):
+    try:
+        cells_encoded, count = (int(value) for value in raw[:8].view("<u4"))
+        if cells_encoded != cell_count or len(raw) < 8 + count:
+            raise ValueError("cells")
+        gaps = _read_gaps(raw[8:len(raw) - count], count)
+        positions = np.cumsum(gaps + 1) - 1
+        if count and positions[-1] >= cell_count:
+            raise ValueError("cells")
+    except (ValueError, IndexError):
         raise UsageError(
             f"The attention payload holds {len(raw)} bytes, which does not fit {n} heads of rows "
             f"{row_start}..{row_start + row_count - 1} over {num_tokens} tokens; pass the shape it was encoded with."
-        )
+        ) from None
     cells = np.zeros(cell_count, dtype=np.uint8)
-    cells[nonzero] = values
+    cells[positions] = raw[len(raw) - count:]
     transposed = np.zeros((n, num_tokens, row_count), dtype=np.uint8)
     transposed[:, mask] = cells.reshape(n, -1)
     return transposed.transpose(0, 2, 1).astype(np.float32) / np.float32(QUANT_LEVELS)

@@ -16,7 +16,7 @@ import numpy as np
 
 from att_report.chunks import INDEX_NAME
 from att_report.store import CaptureStore
-from att_report.viewer import token_kind, token_label
+from att_report.viewer import TokenText, token_data
 
 PAGE_NAME = "neurons.html"
 LEVELS = 127
@@ -34,7 +34,7 @@ class NeuronPage:
     data: dict[str, Any]
 
 
-def neuron_page(store: CaptureStore) -> NeuronPage | None:
+def neuron_page(store: CaptureStore, text: TokenText) -> NeuronPage | None:
     """Build the page from the capture's neuron arrays, or None when it has none."""
     neurons = store.neurons()
     if neurons is None:
@@ -54,11 +54,7 @@ def neuron_page(store: CaptureStore) -> NeuronPage | None:
         layers=tuple(range(units.shape[0])),
         payload=payload,
         data={
-            "tokens": store.tokens,
-            "labels": [token_label(token) for token in store.tokens],
-            "kinds": [token_kind(token) for token in store.tokens],
-            "special": store.special,
-            "promptLength": store.prompt_length,
+            **token_data(text),
             "units": units.tolist(),
             "scales": [[float(scale) for scale in layer] for layer in scales],
             "levels": LEVELS,

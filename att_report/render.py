@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import zipfile
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -68,6 +69,7 @@ class Part:
     row_start: int
     row_end: int
     name: str
+    payload: str | None = None  # its attention, encoded once while fitting the size budget
 
 
 def render(capture: str | Path, output: str | Path, options: RenderOptions = RenderOptions()) -> Path:
@@ -89,19 +91,30 @@ def render(capture: str | Path, output: str | Path, options: RenderOptions = Ren
 def write_report(store: CaptureStore, directory: Path, options: RenderOptions) -> None:
     """Write every chunk page and the index into `directory`."""
     grid = plan_chunks(store.num_layers, store.num_heads, options.aggregate)
-    parts_of: dict[str, list[Part]] = {}  # chunk name -> its files
-    thumbnails: list[np.ndarray] = []
     text = token_text(store)
     budget = payload_budget(store, text, options.max_file_mb)
-    for row, source in enumerate(row_sources(store, grid, thumbnails)):
+    max_bytes = int(options.max_file_mb * _MB)
+
+    def render_row(row: int) -> tuple[list[np.ndarray], dict[str, list[Part]]]:
+        """Write the pages of one grid row; return its thumbnails and files (payloads dropped, they are written)."""
+        source, thumbnails = row_source(store, grid, row)
+        parts_of = {}
         for column, chunk in enumerate(grid[row]):
-            matrices = chunk_matrices(source, chunk)
-            parts, pages = fit_pages(store, grid, row, column, matrices, text, budget, int(options.max_file_mb * _MB))
-            parts_of[chunk.name] = parts
+            parts, pages = fit_pages(store, grid, row, column, chunk_matrices(source, chunk), text, budget, max_bytes)
             for part, html in zip(parts, pages):
                 write_html(directory / part.name, html)
+            parts_of[chunk.name] = [replace(part, payload=None) for part in parts]
+        return thumbnails, parts_of
+
+    thumbnails: list[np.ndarray] = []
+    parts_of: dict[str, list[Part]] = {}  # chunk name -> its files
+    # numpy and zlib release the GIL: rows render in parallel, at most one layer per worker in memory.
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+        for row_thumbnails, row_parts in pool.map(render_row, range(len(grid))):
+            thumbnails += row_thumbnails
+            parts_of.update(row_parts)
     analyses = write_analysis_pages(store, text, directory, budget)
-    neurons = neuron_page(store)
+    neurons = neuron_page(store, text)
     if neurons is not None:
         write_html(directory / NEURON_PAGE, render_template("neurons.html", page=neurons))
         analyses.append(AnalysisPage("Neuron activations", (NEURON_PAGE,)))
@@ -113,18 +126,13 @@ def token_text(store: CaptureStore) -> TokenText:
     return TokenText(tuple(store.tokens), tuple(store.special), store.prompt_length, store.causal)
 
 
-def row_sources(store: CaptureStore, grid: list[list[Chunk]], thumbnails: list[np.ndarray]) -> Iterator[np.ndarray]:
-    """Yield each grid row's attention: a layer's (heads, T, T), or for 'layers' the (1, T, T) mean of all.
-
-    Thumbnails of every head are collected on the way, so each layer is read once."""
+def row_source(store: CaptureStore, grid: list[list[Chunk]], row: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    """One grid row's attention, a layer's (heads, T, T) or for 'layers' the (1, T, T) mean of all, and the
+    thumbnails of the layers it covers."""
     if grid[0][0].layer != MEAN:
-        for attention in store.layers():
-            thumbnails.append(layer_thumbnails(attention))
-            yield attention
-        return
-    for attention in store.layers():
-        thumbnails.append(layer_thumbnails(attention))
-    yield overall_mean(store)[np.newaxis]
+        attention = store.attention(row)
+        return attention, [layer_thumbnails(attention)]
+    return overall_mean(store)[np.newaxis], [layer_thumbnails(attention) for attention in store.layers()]
 
 
 def chunk_matrices(source: np.ndarray, chunk: Chunk) -> np.ndarray:
@@ -150,9 +158,10 @@ def payload_budget(store: CaptureStore, text: TokenText, max_file_mb: float) -> 
 
 def fit_parts(chunk: Chunk, matrices: np.ndarray, causal: bool, budget: int) -> list[Part]:
     """Split a chunk until every payload fits `budget` bytes: halve the heads, then halve the query rows by cells."""
-    def split(slots: tuple[int, ...], start: int, end: int) -> Iterator[tuple[tuple[int, ...], int, int]]:
-        if len(encode_rows(matrices[list(slots), start:end], start, causal)) <= budget:
-            yield slots, start, end
+    def split(slots: tuple[int, ...], start: int, end: int) -> Iterator[tuple[tuple[int, ...], int, int, str]]:
+        payload = encode_rows(matrices[list(slots), start:end], start, causal)
+        if len(payload) <= budget:
+            yield slots, start, end, payload
         elif len(slots) > 1:
             half = len(slots) // 2
             yield from split(slots[:half], start, end)
@@ -168,8 +177,9 @@ def fit_parts(chunk: Chunk, matrices: np.ndarray, causal: bool, budget: int) -> 
     # The first file keeps the chunk's own name, so the neighbours' links to the chunk resolve however it was split.
     return [
         Part(chunk, slots, start, end, chunk.name if number == 0 else
-             part_name(chunk, None if chunk.heads is None else tuple(chunk.heads[s] for s in slots), start, end, num_tokens))
-        for number, (slots, start, end) in enumerate(split(tuple(range(matrices.shape[0])), 0, num_tokens))
+             part_name(chunk, None if chunk.heads is None else tuple(chunk.heads[s] for s in slots), start, end, num_tokens),
+             payload)
+        for number, (slots, start, end, payload) in enumerate(split(tuple(range(matrices.shape[0])), 0, num_tokens))
     ]
 
 
@@ -221,6 +231,7 @@ def _part_html(store: CaptureStore, grid: list[list[Chunk]], row: int, column: i
         heads=tuple(labels[slot] for slot in part.slots),
         matrices=matrices[list(part.slots), part.row_start:part.row_end],
         row_start=part.row_start,
+        payload=part.payload,
     )
     siblings = tuple(Link(part_title(other, len(text.tokens)), other.name) for other in parts) if len(parts) > 1 else ()
     nav = replace(navigation(grid, row, column), parts=siblings)

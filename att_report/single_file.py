@@ -18,7 +18,7 @@ from att_report.chunks import Chunk, HeadNaming, chunk_of, head_labels, plan_chu
 from att_report.encode import encode_rows
 from att_report.errors import OutputExistsError, UsageError
 from att_report.index_page import ChunkLinks, index_page, report_title
-from att_report.render import GENERATOR, RenderOptions, chunk_matrices, row_sources, token_text
+from att_report.render import GENERATOR, RenderOptions, chunk_matrices, row_source, token_text
 from att_report.store import CaptureStore
 from att_report.templating import render_template
 from att_report.thumbnails import pack_thumbnails
@@ -47,13 +47,19 @@ def render_single_file(store: CaptureStore, output: Path, options: RenderOptions
     thumbnails: list[np.ndarray] = []
     sections: list[Section] = []
     payload_bytes = 0
-    for row, source in enumerate(row_sources(store, grid, thumbnails)):
+    for row in range(len(grid)):
+        source, row_thumbnails = row_source(store, grid, row)
+        thumbnails += row_thumbnails
         for chunk in grid[row]:
             matrices = chunk_matrices(source, chunk)
-            payload_bytes += len(encode_rows(matrices, 0, store.causal))
+            payload = encode_rows(matrices, 0, store.causal)
+            payload_bytes += len(payload)
             if payload_bytes > budget:
                 raise UsageError(_too_large(store, options, row + 1))
-            sections.append(Section(chunk.key, chunk.title, chunk.layer, head_labels(chunk, naming), matrices, 0))
+            # The payload holds the weights; a zero-stride stand-in keeps the section's shape, not its matrices.
+            shape_only = np.broadcast_to(np.float32(0), matrices.shape)
+            sections.append(Section(chunk.key, chunk.title, chunk.layer, head_labels(chunk, naming), shape_only, 0,
+                                    payload))
     analyses: list[ChunkLinks] = []
     for title, extra in (("Attention rollout", rollout_sections(store)), ("Gradient saliency", saliency_sections(store))):
         links = []

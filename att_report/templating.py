@@ -34,7 +34,22 @@ def read_js(name: str) -> Markup:
     text = (asset_dir("js") / name).read_text(encoding="utf-8")
     if "</script" in text.lower():
         raise ValueError(f"js/{name} contains '</script', which would end its inline element.")
-    return Markup(text)  # safe: our own source file, checked above
+    return Markup(compact_source(text))  # safe: our own source file, checked above
+
+
+def read_css(name: str) -> Markup:
+    """Inline one of our own style sheets from templates/."""
+    text = (asset_dir("templates") / name).read_text(encoding="utf-8")
+    if "</style" in text.lower():
+        raise ValueError(f"templates/{name} contains '</style', which would end its inline element.")
+    return Markup(compact_source(text))  # safe: our own source file, checked above
+
+
+def compact_source(text: str) -> str:
+    """Drop indentation, blank lines and whole-line /* comments */ from our own JS or CSS: every page carries its
+    scripts, so this is paid once per file. Lines are kept, so no statement can run into the next."""
+    lines = (line.strip() for line in text.splitlines())
+    return "\n".join(line for line in lines if line and not (line.startswith("/*") and line.endswith("*/")))
 
 
 @lru_cache(maxsize=1)
@@ -50,6 +65,7 @@ def environment() -> jinja2.Environment:
     )
     env.filters["script_json"] = script_json
     env.globals["read_js"] = read_js
+    env.globals["read_css"] = read_css
     return env
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -43,6 +44,7 @@ class Section:
     heads: tuple[HeadLabel, ...]
     matrices: np.ndarray
     row_start: int
+    payload: str | None = None  # encode_rows(matrices, row_start, causal), when the caller has encoded it already
 
 
 @dataclass(frozen=True)
@@ -132,12 +134,7 @@ def chunk_page(
     _check_sections(text, sections)
     views = tuple(_section_view(position, section, text) for position, section in enumerate(sections))
     data = {
-        "tokens": list(text.tokens),
-        "labels": [token_label(token) for token in text.tokens],
-        "kinds": [token_kind(token) for token in text.tokens],
-        "special": list(text.special),
-        "promptLength": text.prompt_length,
-        "causal": text.causal,
+        **token_data(text),
         "sections": [_section_data(view, section) for view, section in zip(views, sections)],
     }
     others = "earlier token" if text.causal else "token"
@@ -150,6 +147,23 @@ def chunk_page(
         observed_help=f"Hover a token: how much each {others.replace('earlier', 'later')} attended to it (its column).",
         data=data,
     )
+
+
+@lru_cache(maxsize=4)
+def token_data(text: TokenText) -> dict[str, Any]:
+    """The page data about the tokens, the same on every page of a report, so computed once per text.
+
+    Sparse where most tokens agree (js/decode.js `expandTokenData` fills the lists in): `labels` names only the
+    tokens whose status-line spelling differs from their text, `kinds` only the tokens that draw no ink, `special`
+    lists the indices of special tokens."""
+    return {
+        "tokens": list(text.tokens),
+        "labels": {str(i): label for i, token in enumerate(text.tokens) if (label := token_label(token)) != token},
+        "kinds": {str(i): kind for i, token in enumerate(text.tokens) if (kind := token_kind(token))},
+        "special": [i for i, special in enumerate(text.special) if special],
+        "promptLength": text.prompt_length,
+        "causal": text.causal,
+    }
 
 
 def token_kind(token: str) -> str:
@@ -187,7 +201,7 @@ def _section_view(position: int, section: Section, text: TokenText) -> SectionVi
         key=section.key,
         title=section.title,
         payload_id=f"att-payload-{position}",
-        payload=encode_rows(section.matrices, section.row_start, text.causal),
+        payload=section.payload or encode_rows(section.matrices, section.row_start, text.causal),
         choices=heads,
         layer_attr=str(section.layer),
         heads_attr=",".join(str(label.index) for label in section.heads),

@@ -31,9 +31,10 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3, help="runs per timing; medians are reported")
     parser.add_argument("--new-tokens", type=int, default=900, help="tokens to generate")
     parser.add_argument("--skip-browser", action="store_true", help="skip the headless Chromium timings")
+    parser.add_argument("--store", type=Path, help="render this existing capture instead of capturing (render figures only)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
-        store = benchmark_capture(Path(scratch), args.runs, args.new_tokens)
+        store = args.store or benchmark_capture(Path(scratch), args.runs, args.new_tokens)
         benchmark_render(Path(scratch), store, args.runs, args.skip_browser)
 
 
@@ -127,7 +128,75 @@ print(before, status("VmHWM:"))
 
 
 def benchmark_render(scratch: Path, store: Path, runs: int, skip_browser: bool) -> None:
-    """Render the store (added with the renderer)."""
+    """Render the store several times (median wall time), size the report, and time a chunk page in Chromium."""
+    import att_report
+    from att_report.render import RenderOptions, render
+
+    times = []
+    report_dir = scratch / "report"
+    for _ in range(runs):
+        started = time.perf_counter()
+        render(store, report_dir, RenderOptions(force=True))
+        times.append(time.perf_counter() - started)
+    opened = att_report.load(store)
+    values = opened.num_layers * opened.num_heads * opened.num_tokens ** 2
+    stored_values = opened.num_layers * opened.num_heads * opened.num_tokens * (opened.num_tokens + 1) // 2
+    files = sorted(report_dir.iterdir(), key=lambda path: path.stat().st_size)
+    total = sum(path.stat().st_size for path in files)
+    figures: dict[str, object] = {
+        "render wall time, median s": round(statistics.median(times), 2),
+        "report files": len(files),
+        "report MB": round(total / 1e6, 1),
+        "report bytes per stored attention value (lower triangle)": round(total / stored_values, 4),
+        "report bytes per attention value (T x T)": round(total / values, 4),
+        "largest file": f"{files[-1].name}, {files[-1].stat().st_size / 1e6:.2f} MB",
+    }
+    if not skip_browser:
+        figures.update(browser_timings(report_dir / "layer-00-heads-0-7.html", opened.num_tokens, runs))
+    report("render", figures)
+
+
+HOVER_PROBE = """(count) => {
+  const tokens = document.querySelectorAll('[data-view="observer"] [data-index]');
+  const step = Math.max(1, Math.floor(tokens.length / count));
+  const times = [];
+  for (let i = 0; i < tokens.length; i += step) {
+    const started = performance.now();
+    tokens[i].dispatchEvent(new MouseEvent('mouseover', {bubbles: true}));
+    document.body.offsetHeight;  // include the style and layout work the update causes
+    times.push(performance.now() - started);
+  }
+  times.sort((a, b) => a - b);
+  return [times[Math.floor(times.length / 2)], times[Math.floor(times.length * 0.95)]];
+}"""
+
+
+def browser_timings(chunk: Path, num_tokens: int, runs: int) -> dict[str, object]:
+    """Open a chunk page from file:// until it is interactive (its first section decoded and shown); time hovers."""
+    import shutil
+
+    from playwright.sync_api import sync_playwright
+
+    flags = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+             "--disable-sync"]
+    opens, hovers = [], []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=shutil.which("chromium"), args=flags)
+        for _ in range(runs):
+            page = browser.new_page()
+            started = time.perf_counter()
+            page.goto(chunk.as_uri())
+            page.wait_for_selector("body[data-shown]")
+            opens.append((time.perf_counter() - started) * 1000)
+            hovers.append(page.evaluate(HOVER_PROBE, 200))
+            page.close()
+        browser.close()
+    return {
+        "chunk page": f"{chunk.name}, {chunk.stat().st_size / 1e6:.2f} MB, {num_tokens} tokens",
+        "open to interactive, median ms": round(statistics.median(opens)),
+        "hover update, median ms (p95)": f"{statistics.median(h[0] for h in hovers):.2f} "
+                                         f"({statistics.median(h[1] for h in hovers):.2f})",
+    }
 
 
 def report(stage: str, figures: dict[str, object]) -> None:

@@ -152,7 +152,7 @@ window.attReport = window.attReport || {};
 
   document.addEventListener('DOMContentLoaded', function () {
     var root = document.querySelector('[data-viewer]');
-    var data = JSON.parse(document.getElementById('att-data').textContent);
+    var data = ns.expandTokenData(JSON.parse(document.getElementById('att-data').textContent));
     ns.page = new ns.ChunkPage(root, data);
     root.querySelectorAll('[data-option]').forEach(function (input) {
       ns.page.setOption(input.getAttribute('data-option'), input.checked);

@@ -161,6 +161,7 @@ window.attReport = window.attReport || {};
     var root = document.querySelector('[data-compare]');
     if (!root) return;
     var data = JSON.parse(document.getElementById('att-data').textContent);
+    Object.keys(data.sides).forEach(function (side) { ns.expandTokenData(data.sides[side]); });
     ns.page = new ns.ComparePage(root, data);
     root.querySelectorAll('[data-option]').forEach(function (input) {
       ns.page.setOption(input.getAttribute('data-option'), input.checked);

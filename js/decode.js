@@ -20,6 +20,16 @@ window.attReport = window.attReport || {};
     ns.paletteCss.push('rgb(' + rgb.join(', ') + ')');
   }
 
+  /* Fill in the sparse token lists of the page data (see att_report.viewer.token_data): labels, kinds, special. */
+  ns.expandTokenData = function (data) {
+    var labels = data.labels, kinds = data.kinds, special = data.special;
+    data.labels = data.tokens.map(function (token, i) { return i in labels ? labels[i] : token; });
+    data.kinds = data.tokens.map(function (token, i) { return kinds[i] || ''; });
+    data.special = data.tokens.map(function () { return false; });
+    special.forEach(function (i) { data.special[i] = true; });
+    return data;
+  };
+
   ns.base64ToBytes = function (text) {
     var binary = atob(text);
     var bytes = new Uint8Array(binary.length);
@@ -37,21 +47,47 @@ window.attReport = window.attReport || {};
     return layout.causal ? Math.min(layout.rowCount, Math.max(0, j - layout.rowStart)) : 0;
   }
 
-  /* Scatter the column-ordered bitmap + non-zero bytes into one dense rows x tokens Uint8Array per head. */
+  function readUint32(bytes, at) {
+    return (bytes[at] | bytes[at + 1] << 8 | bytes[at + 2] << 16 | bytes[at + 3] << 24) >>> 0;
+  }
+
+  /* Scatter the column-ordered runs (count, gaps, non-zero bytes; see encode.py) into one dense rows x tokens
+     Uint8Array per head. */
   ns.unpackCells = function (raw, layout) {
-    var rows = layout.rowCount, tokens = layout.numTokens, perHead = 0;
+    var rows = layout.rowCount, tokens = layout.numTokens, heads = [];
+    var cells = readUint32(raw, 0), count = readUint32(raw, 4);
+    var at = 8, value = raw.length - count, seen = 0;
+    function nextGap() {
+      if (seen++ === count) return Infinity;
+      var gap = raw[at++];
+      if (gap === 255) {
+        gap = readUint32(raw, at);
+        at += 4;
+      }
+      return gap;
+    }
+    var perHead = 0;
     for (var j = 0; j < tokens; j++) perHead += rows - firstRow(layout, j);
-    var bit = 0, value = Math.ceil(perHead * layout.headCount / 8), heads = [];
+    if (cells !== perHead * layout.headCount) throw new Error('attention payload does not match its layout');
+    var next = nextGap();
     for (var h = 0; h < layout.headCount; h++) {
       var dense = new Uint8Array(rows * tokens);
       for (var col = 0; col < tokens; col++) {
-        for (var r = firstRow(layout, col); r < rows; r++, bit++) {
-          if (raw[bit >> 3] & (128 >> (bit & 7))) dense[r * tokens + col] = raw[value++];
+        var first = firstRow(layout, col), skip = rows - first;
+        /* jump over whole runs of zero cells in this column */
+        while (skip > 0) {
+          if (next >= skip) { next -= skip; break; }
+          var r = rows - skip + next;
+          skip -= next + 1;
+          dense[r * tokens + col] = raw[value++];
+          next = nextGap();
         }
       }
       heads.push(dense);
     }
-    if (value !== raw.length) throw new Error('attention payload does not match its layout');
+    if (value !== raw.length || at !== raw.length - count || seen <= count) {
+      throw new Error('attention payload does not match its layout');
+    }
     return heads;
   };
 

@@ -117,7 +117,7 @@ window.attReport = window.attReport || {};
   document.addEventListener('DOMContentLoaded', async function () {
     var root = document.querySelector('[data-neurons]');
     if (!root) return;
-    var data = JSON.parse(document.getElementById('att-data').textContent);
+    var data = ns.expandTokenData(JSON.parse(document.getElementById('att-data').textContent));
     var bytes = await ns.inflate(ns.base64ToBytes(document.getElementById('att-neurons').textContent.trim()));
     ns.neurons = new ns.NeuronPage(root, data, bytes);
     ns.neurons.showLayer(0);

@@ -31,17 +31,28 @@ def kept(matrices: np.ndarray, row_start: int, causal: bool) -> np.ndarray:
 
 def test_hand_packed_causal_example() -> None:
     # One head, rows [1, 0] and [0.5, 0.5]; cells column by column: (0,0)=255, (1,0)=round(127.5)=128, (1,1)=128.
-    # Bitmap 1,1,1 -> 0b11100000 = 0xE0, then the three non-zero bytes.
+    # Three cells kept, three non-zero (counts little-endian), no zero cell before any (gaps 0, 0, 0), the bytes.
     payload = encode_rows(np.array([[[1.0, 0.0], [0.5, 0.5]]], dtype=np.float32), 0, causal=True)
-    assert raw_bytes(payload) == bytes([0xE0, 255, 128, 128])
+    assert raw_bytes(payload) == bytes([3, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 255, 128, 128])
 
 
 def test_hand_packed_square_example_with_zeros() -> None:
     # Two heads of one row over three tokens, row_start 2: head 0 = [0, 1, 0], head 1 = [0.2, 0, 0.8].
     # Cells: head 0 columns 0,1,2 -> 0, 255, 0; head 1 -> round(51)=51, 0, round(204)=204.
     matrices = np.array([[[0.0, 1.0, 0.0]], [[0.2, 0.0, 0.8]]], dtype=np.float32)
+    # Six cells; non-zero ones at positions 1, 3, 5: one zero cell before each (gaps 1, 1, 1), then the bytes.
     payload = encode_rows(matrices, 2, causal=False)
-    assert raw_bytes(payload) == bytes([0b01010100, 255, 51, 204])
+    assert raw_bytes(payload) == bytes([6, 0, 0, 0, 3, 0, 0, 0, 1, 1, 1, 255, 51, 204])
+
+
+def test_hand_packed_long_gap_is_escaped() -> None:
+    # One row over 300 tokens with all its weight on the last: 299 zero cells, then 255. A gap of 255 or more is
+    # the byte 255 followed by the gap as 4 bytes little-endian (299 = 0x012B).
+    row = np.zeros((1, 1, 300), dtype=np.float32)
+    row[0, 0, 299] = 1.0
+    payload = encode_rows(row, 0, causal=False)
+    assert raw_bytes(payload) == bytes([0x2C, 0x01, 0, 0, 1, 0, 0, 0, 255, 0x2B, 0x01, 0, 0, 255])
+    assert decode_rows(payload, 1, 0, 1, 300, causal=False)[0, 0, 299] == 1.0
 
 
 def test_payload_is_ascii_base64_and_deterministic() -> None:
@@ -83,7 +94,7 @@ def test_causal_drops_values_above_the_diagonal() -> None:
     decoded = decode_rows(encode_rows(matrices, 0, True), 1, 0, 3, 3, True)
     expected = np.array([[0.25, 0, 0], [0.25, 0.25, 0], [0.25, 0.25, 0.25]])
     assert np.abs(decoded[0] - expected).max() <= ERROR_BOUND
-    assert len(raw_bytes(encode_rows(matrices, 0, True))) == 1 + 6  # 6 kept cells: one bitmap byte, six values
+    assert len(raw_bytes(encode_rows(matrices, 0, True))) == 8 + 6 + 6  # 6 kept cells: two counts, six gaps, six values
 
 
 def test_tiny_float_overshoot_is_clipped() -> None:

@@ -127,8 +127,9 @@ def test_one_json_payload_holds_the_tokens(single: Walk) -> None:
     assert len(scripts) == 1
     data = json.loads(single.text(scripts[0][0]))
     assert data["tokens"] == tokens_for(12) and data["promptLength"] == 9 and data["causal"] is True
-    assert data["kinds"][4] == "newline" and data["kinds"][11] == "blank" and data["kinds"][0] == ""
-    assert data["labels"][4] == "⏎"
+    assert data["kinds"] == {"4": "newline", "11": "blank"}  # only the tokens that draw no ink
+    assert data["labels"] == {"4": "⏎"}  # only the spellings that differ from the token
+    assert data["special"] == []
     assert data["sections"] == [{
         "key": "L03-H0-2", "title": "Layer 3 · heads 0–2", "layer": "3", "heads": "0,1,2", "payload": "att-payload-0",
         "headCount": 3, "rowStart": 0, "rowCount": 12,
