@@ -20,6 +20,7 @@ window.attReport = window.attReport || {};
     this.sums = new Int32Array(text.tokens.length);
     this.bases = new Int32Array(text.tokens.length);
     this.line = new Int16Array(text.tokens.length);
+    this.pending = null;
     this.listen();
   };
 
@@ -31,29 +32,68 @@ window.attReport = window.attReport || {};
     this.canvas.addEventListener('mouseleave', function () { view.describe(-1, -1); });
   };
 
+  /* Take a new section, head or scale. The canvas gets its size and the readout its source at once; the pixels
+     are drawn in the next task, so the text views are interactive first (the matrix sits below them). */
   proto.setSource = function (source) {
+    var layout = source.data.layout, tokens = layout.numTokens, rows = layout.rowCount;
+    var scale = Math.max(1, Math.floor(MIN_SIZE / Math.max(tokens, rows)));
     this.source = source;
+    if (this.canvas.width !== tokens || this.canvas.height !== rows) {
+      this.canvas.width = tokens;
+      this.canvas.height = rows;
+    }
+    this.canvas.style.width = tokens * scale + 'px';
+    this.describe(-1, -1);
+    var view = this;
+    if (this.pending === null) this.pending = setTimeout(function () { view.flush(); }, 0);
+  };
+
+  /* Draw now if a drawing is pending (exports need the pixels and colour levels of the current source). */
+  proto.flush = function () {
+    if (this.pending === null) return;
+    clearTimeout(this.pending);
+    this.pending = null;
     this.draw();
   };
 
-  /* Colour every held cell; cells above the diagonal and an excluded first token stay grey. */
+  /* Colour every held cell; cells above the diagonal and an excluded first token stay grey. Pixels are written
+     as 32-bit words from a palette made once, so a 1,000-token matrix draws in a few milliseconds. */
   proto.draw = function () {
     var layout = this.source.data.layout, tokens = layout.numTokens, rows = layout.rowCount;
-    var scale = Math.max(1, Math.floor(MIN_SIZE / Math.max(tokens, rows)));
-    this.canvas.width = tokens;
-    this.canvas.height = rows;
-    this.canvas.style.width = tokens * scale + 'px';
     if (this.levels.length !== rows * tokens) this.levels = new Int16Array(rows * tokens);
     var context = this.canvas.getContext('2d');
-    var image = context.createImageData(tokens, rows);
+    var image = context.createImageData(tokens, rows), words = new Uint32Array(image.data.buffer);
+    var palette = pixelPalette(), none = packPixel(NONE_RGB), excluded = packPixel(EXCLUDED_RGB);
     for (var r = 0; r < rows; r++) {
       this.computeRow(r);
       this.levels.set(this.line, r * tokens);
-      for (var k = 0; k < tokens; k++) writePixel(image.data, 4 * (r * tokens + k), this.cellRgb(r, k));
+      var last = layout.causal ? Math.min(tokens - 1, layout.rowStart + r) : tokens - 1, offset = r * tokens;
+      for (var k = 0; k <= last; k++) {
+        var level = this.line[k];
+        words[offset + k] = level < 0 ? excluded : palette[level];
+      }
+      for (k = last + 1; k < tokens; k++) words[offset + k] = none;
     }
     context.putImageData(image, 0, 0);
-    this.describe(-1, -1);
+    this.canvas.setAttribute('data-drawn', 'true');
   };
+
+  var pixelWords = null;
+
+  /* One RGBA pixel as the 32-bit word ImageData holds (little-endian byte order on every browser platform). */
+  function packPixel(rgb) {
+    return ((255 << 24) | (rgb[2] << 16) | (rgb[1] << 8) | rgb[0]) >>> 0;
+  }
+
+  function pixelPalette() {
+    if (!pixelWords) {
+      pixelWords = new Uint32Array(ns.COLOUR_LEVELS + 1);
+      for (var level = 0; level <= ns.COLOUR_LEVELS; level++) {
+        pixelWords[level] = packPixel(ns.paletteRgb.subarray(3 * level, 3 * level + 3));
+      }
+    }
+    return pixelWords;
+  }
 
   /* Colour levels of held row r into this.line, scaled like the text views. */
   proto.computeRow = function (r) {
@@ -61,24 +101,6 @@ window.attReport = window.attReport || {};
     source.data.fillRow(source.slots, source.data.layout.rowStart + r, this.sums);
     this.bases.fill(ignoreSink ? divisor - this.sums[0] : divisor);
     ns.colourLevels(this.sums, this.bases, ignoreSink ? 0 : -1, source.options.rowMax, this.line);
-  };
-
-  function writePixel(pixels, offset, rgb) {
-    pixels[offset] = rgb[0];
-    pixels[offset + 1] = rgb[1];
-    pixels[offset + 2] = rgb[2];
-    pixels[offset + 3] = 255;
-  }
-
-  var paletteRgbViews = [];
-
-  /* The RGB triple of cell (r, k), as a shared array (no allocation per pixel). */
-  proto.cellRgb = function (r, k) {
-    var level = this.cellLevel(r, k);
-    if (level === null) return NONE_RGB;
-    if (level < 0) return EXCLUDED_RGB;
-    if (!paletteRgbViews[level]) paletteRgbViews[level] = ns.paletteRgb.subarray(3 * level, 3 * level + 3);
-    return paletteRgbViews[level];
   };
 
   /* The colour level of cell (r, k), or null above the diagonal. */
@@ -110,11 +132,13 @@ window.attReport = window.attReport || {};
   };
 
   proto.exportPng = function (stem) {
+    this.flush();
     ns.exportCanvasPng(this.canvas, ns.fileName(stem, 'png'), EXPORT_SIZE);
   };
 
   /* Save the heatmap as vector SVG: one rectangle per run of equally coloured cells, a caption above. */
   proto.exportSvg = function (stem, caption) {
+    this.flush();
     var layout = this.source.data.layout, view = this, top = 28;
     var cell = Math.max(1, Math.floor(EXPORT_SIZE / Math.max(layout.numTokens, layout.rowCount)));
     var width = layout.numTokens * cell, svg = ns.createSvg(width, layout.rowCount * cell + top);

@@ -1,4 +1,6 @@
-/* The neurons page: a unit x token heatmap per layer (diverging colours) and the text coloured by one unit. */
+/* The neurons page (a report's or a comparison's): per layer a unit x token heatmap in diverging colours, the text
+   coloured by one unit, the values under the pointer, and where the page has them, per-layer notes and unit tables.
+   Per layer any number of units; one or more series of values per unit (the first drawn, all read out). */
 window.attReport = window.attReport || {};
 
 (function (ns) {
@@ -19,28 +21,43 @@ window.attReport = window.attReport || {};
     this.data = data;
     this.bytes = bytes;
     this.tokens = data.tokens.length;
-    this.k = data.units[0].length;
+    this.series = data.series.length;
+    this.starts = [];  /* each layer's first byte in the payload */
+    var start = 0, size = this.series * this.tokens;
+    for (var layer = 0; layer < data.units.length; layer++) {
+      this.starts.push(start);
+      start += data.units[layer].length * size;
+    }
     this.layer = 0;
+    this.k = 0;
     this.unit = 0;
     this.canvas = root.querySelector('[data-neuron-map]');
     this.status = root.querySelector('[data-status="neurons"]');
     this.textStatus = root.querySelector('[data-status="neuron-text"]');
     this.unitSelect = root.querySelector('[data-neuron-unit]');
     this.elements = ns.buildTokens(root.querySelector('[data-neuron-text]'), data);
+    var elements = this.elements;
+    (data.breaks || []).forEach(function (i) { elements[i].classList.add('att-gap'); });
     this.listen();
   };
 
   var proto = ns.NeuronPage.prototype;
 
-  /* The captured value (within the stated bound) of unit slot k of the layer at token i. */
-  proto.value = function (k, i) {
-    var q = this.bytes[(this.layer * this.k + k) * this.tokens + i] - this.data.levels;
-    return q / this.data.levels * this.data.scales[this.layer][k];
+  /* Series s (0: the drawn one) of unit slot k of the layer at token i: the exact value within the stated bound. */
+  proto.value = function (k, i, s) {
+    s = s || 0;
+    var q = this.bytes[this.starts[this.layer] + ((s * this.k + k) * this.tokens) + i] - this.data.levels;
+    return q / this.data.levels * this.data.scales[this.layer][s][k];
+  };
+
+  proto.share = function (k, i) {
+    return this.value(k, i) / (this.data.colourScales[this.layer][k] || 1);
   };
 
   proto.showLayer = function (layer) {
     this.layer = layer;
     var units = this.data.units[layer], select = this.unitSelect;
+    this.k = units.length;
     select.textContent = '';
     units.forEach(function (unit, k) {
       var option = document.createElement('option');
@@ -48,40 +65,54 @@ window.attReport = window.attReport || {};
       option.textContent = 'unit ' + unit;
       select.appendChild(option);
     });
+    this.root.querySelectorAll('[data-neuron-layer-note], [data-neuron-summary-layer]').forEach(function (element) {
+      var owner = element.getAttribute('data-neuron-layer-note') || element.getAttribute('data-neuron-summary-layer');
+      element.hidden = Number(owner) !== layer;
+    });
     this.draw();
+    this.status.textContent = this.k ? 'Point at a cell.' : 'No units in this layer.';
     this.showUnit(0);
     document.body.setAttribute('data-shown-layer', String(layer));  /* not data-neuron-layer: that names the select */
   };
 
   proto.draw = function () {
     var canvas = this.canvas, width = this.tokens, height = this.k;
+    canvas.hidden = height === 0;
+    if (!height) return;
     canvas.width = width;
     canvas.height = height;
     canvas.style.width = Math.min(1200, Math.max(width * 4, 240)) + 'px';
     canvas.style.height = height * CELL_HEIGHT + 'px';
     var context = canvas.getContext('2d'), image = context.createImageData(width, height);
     for (var k = 0; k < height; k++) {
-      var scale = this.data.scales[this.layer][k] || 1;
       for (var i = 0; i < width; i++) {
         var offset = 4 * (k * width + i);
-        image.data.set(diverging(this.value(k, i) / scale), offset);
+        image.data.set(diverging(this.share(k, i)), offset);
         image.data[offset + 3] = 255;
       }
     }
     context.putImageData(image, 0, 0);
   };
 
-  /* Colour the text by unit slot k; each token carries its value as data-value. */
+  /* Colour the text by unit slot k; each token carries its (drawn series') value as data-value. A layer without
+     units leaves the text plain. */
   proto.showUnit = function (k) {
     this.unit = k;
     this.unitSelect.value = String(k);
-    var scale = this.data.scales[this.layer][k] || 1;
     for (var i = 0; i < this.tokens; i++) {
-      var value = this.value(k, i), rgb = diverging(value / scale);
-      this.elements[i].setAttribute('data-value', String(value));
-      this.elements[i].style.backgroundColor = 'rgb(' + rgb.join(', ') + ')';
+      if (this.k) {
+        this.elements[i].setAttribute('data-value', String(this.value(k, i)));
+        this.elements[i].style.backgroundColor = 'rgb(' + diverging(this.share(k, i)).join(', ') + ')';
+      } else {
+        this.elements[i].removeAttribute('data-value');
+        this.elements[i].style.backgroundColor = '';
+      }
     }
-    this.textStatus.textContent = 'Layer ' + this.layer + ', unit ' + this.data.units[this.layer][k] + '. Hover a token.';
+    this.root.querySelectorAll('[data-neuron-summary-layer="' + this.layer + '"] [data-slot]').forEach(function (row) {
+      row.setAttribute('aria-selected', String(Number(row.getAttribute('data-slot')) === k));
+    });
+    this.textStatus.textContent = this.k ?
+      'Layer ' + this.layer + ', unit ' + this.data.units[this.layer][k] + '. Hover a token.' : '';
   };
 
   proto.cellAt = function (event) {
@@ -92,9 +123,14 @@ window.attReport = window.attReport || {};
     };
   };
 
+  /* The readout: where the cell is, then every series' value (named where the page has several). */
   proto.describe = function (k, i) {
-    return 'layer ' + this.layer + ' · unit ' + this.data.units[this.layer][k] + ' · token ' + i + ' “' +
-      this.data.labels[i] + '”: ' + this.value(k, i).toFixed(4);
+    var page = this, place = this.data.places ? this.data.places[i] : 'token ' + i;
+    var values = this.data.series.map(function (name, s) {
+      return (name ? name + ' ' : '') + page.value(k, i, s).toFixed(4);
+    });
+    return 'layer ' + this.layer + ' · unit ' + this.data.units[this.layer][k] + ' · ' + place + ' “' +
+      this.data.labels[i] + '”: ' + values.join(' · ');
   };
 
   proto.listen = function () {
@@ -110,7 +146,11 @@ window.attReport = window.attReport || {};
     this.unitSelect.addEventListener('change', function (event) { page.showUnit(Number(event.target.value)); });
     this.root.querySelector('[data-neuron-text]').addEventListener('mouseover', function (event) {
       var token = event.target.closest('[data-index]');
-      if (token) page.textStatus.textContent = page.describe(page.unit, Number(token.getAttribute('data-index')));
+      if (token && page.k) page.textStatus.textContent = page.describe(page.unit, Number(token.getAttribute('data-index')));
+    });
+    this.root.addEventListener('click', function (event) {
+      var row = event.target.closest('[data-neuron-summary] [data-slot]');
+      if (row) page.showUnit(Number(row.getAttribute('data-slot')));
     });
   };
 
