@@ -7,11 +7,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from att_report.analysis import HeadMetrics, head_metrics, layer_statistics, rollout
+from att_report.compare_report import compare
 from att_report.errors import AttReportError
+from att_report.render import RenderOptions, render
 from att_report.store import CaptureStore, load
 
 __version__ = "0.1.0"
-__all__ = ["AttReportError", "CaptureStore", "__version__", "capture", "load"]
+__all__ = [
+    "AttReportError", "CaptureStore", "HeadMetrics", "RenderOptions", "__version__", "capture", "compare",
+    "head_metrics", "layer_statistics", "load", "render", "rollout",
+]
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -3,6 +3,7 @@
 Two phrasings of one request, or one prompt through two models with one tokenizer: their tokens are aligned by
 text (see `alignment`), every page shows both captures' text views for the same heads with aligned tokens linked,
 and the index ranks heads by how differently the two captures spread attention over the aligned prompt tokens.
+When both captures stored neurons, a neurons page shows how the units both stored differ at the aligned tokens.
 Like `render`, this reads one layer of each store at a time and never imports torch.
 
 Pages hold the same head groups as a report's chunk pages; where a page would exceed the size budget, every page
@@ -40,7 +41,10 @@ from att_report.chunks import (
 )
 from att_report.encode import SCHEME_DESCRIPTION, encode_rows
 from att_report.errors import UsageError
-from att_report.index_page import ChunkLinks, TextToken, capture_facts, index_text
+from att_report.index_page import ChunkLinks, TextToken, index_facts, index_text
+from att_report.neuron_compare import neuron_differences
+from att_report.neuron_page import PAGE_NAME as NEURON_PAGE
+from att_report.neuron_page import comparison_neuron_page
 from att_report.render import DEFAULT_MAX_FILE_MB, Part, check_report_target, is_report, part_title, token_text
 from att_report.store import CaptureStore, load
 from att_report.templating import render_template, write_html
@@ -129,6 +133,14 @@ class IndexSide:
 
 
 @dataclass(frozen=True)
+class IndexNeurons:
+    """The compare index's word on neurons: a link to the neurons page, or why there is none."""
+
+    href: str | None
+    text: str
+
+
+@dataclass(frozen=True)
 class CompareIndex:
     """Everything compare_index.html formats."""
 
@@ -141,6 +153,7 @@ class CompareIndex:
     head_labels: tuple[str, ...]
     heatmap: tuple[tuple[HeadScore, ...], ...]
     pages: tuple[ChunkLinks, ...]
+    neurons: IndexNeurons | None
 
 
 def compare(capture_a: str | Path, capture_b: str | Path, output: str | Path, force: bool = False,
@@ -170,8 +183,34 @@ def write_comparison(comparison: Comparison, grid: list[list[Chunk]], directory:
         for column, chunk in enumerate(grid[row]):
             page = compare_page(comparison, chunk, (layer_a, layer_b), navigation(grid, row, column))
             write_html(directory / chunk.name, render_template("compare.html", page=page))
-    index = compare_index(comparison, grid, head_divergence(comparison.a, comparison.b, comparison.alignment))
+    neurons = write_neuron_page(comparison, directory)
+    index = compare_index(comparison, grid, head_divergence(comparison.a, comparison.b, comparison.alignment), neurons)
     write_html(directory / INDEX_NAME, render_template("compare_index.html", index=index))
+
+
+def write_neuron_page(comparison: Comparison, directory: Path) -> IndexNeurons | None:
+    """Write the neurons page when both captures stored neurons and some tokens align; else say why, where one did."""
+    numbers = neuron_differences(comparison.a, comparison.b, comparison.alignment)
+    if numbers is None:
+        return _missing_neurons(comparison)
+    if not len(numbers.pairs):
+        return IndexNeurons(None, "Both captures stored neurons, but no tokens align, so there is nothing to compare.")
+    title = f"Neurons · {comparison.a.path.name} vs {comparison.b.path.name}"
+    write_html(directory / NEURON_PAGE, render_template("neurons.html", page=comparison_neuron_page(
+        numbers, comparison.stores, title)))
+    shared = sum(len(layer.units) for layer in numbers.layers)
+    return IndexNeurons(NEURON_PAGE, f"How each unit both captures stored differs (B − A) at the aligned tokens: "
+                                     f"{shared} shared units over {len(numbers.layers)} layers.")
+
+
+def _missing_neurons(comparison: Comparison) -> IndexNeurons | None:
+    """Why there is no neurons page when exactly one capture stored neurons; None when neither did."""
+    stored = [store.neurons() is not None for store in comparison.stores]
+    if not any(stored):
+        return None
+    having, lacking = ("A", "B") if stored[0] else ("B", "A")
+    return IndexNeurons(None, f"Only {having} was captured with --neurons, so there is no neuron comparison; capture "
+                              f"{lacking} with --neurons as well.")
 
 
 def page_grid(comparison: Comparison, max_file_mb: float) -> list[list[Chunk]]:
@@ -265,8 +304,10 @@ def _link_note(comparison: Comparison) -> str:
             "other side; tokens without a partner are underlined.")
 
 
-def compare_index(comparison: Comparison, grid: list[list[Chunk]], divergence: HeadDivergence) -> CompareIndex:
-    """The index: both texts and facts, the alignment, and the heads ranked by divergence and as a heatmap."""
+def compare_index(comparison: Comparison, grid: list[list[Chunk]], divergence: HeadDivergence,
+                  neurons: IndexNeurons | None) -> CompareIndex:
+    """The index: both texts and facts, the alignment, the heads ranked by divergence and as a heatmap, and the
+    neurons page or why there is none."""
     a = comparison.a
     naming = HeadNaming(a.num_heads, a.num_kv_heads)
     hrefs = {(chunk.layer, head): f"{chunk.name}#head={head}"
@@ -290,6 +331,7 @@ def compare_index(comparison: Comparison, grid: list[list[Chunk]], divergence: H
         head_labels=tuple(naming.label(head) for head in range(a.num_heads)),
         heatmap=tuple(tuple(scores[(layer, head)] for head in range(a.num_heads)) for layer in range(a.num_layers)),
         pages=tuple(ChunkLinks(row_label(row), tuple(Link(chunk.title, chunk.name) for chunk in row)) for row in grid),
+        neurons=neurons,
     )
 
 
@@ -297,7 +339,7 @@ def _index_side(key: str, store: CaptureStore, partner: dict[int, int]) -> Index
     """A capture's text with its unaligned tokens marked, and its facts."""
     text = tuple(token if i in partner else replace(token, css=token.css + " att-unaligned")
                  for i, token in enumerate(index_text(store)))
-    return IndexSide(key, _side_heading(key, store), text, tuple(capture_facts(store)))
+    return IndexSide(key, _side_heading(key, store), text, tuple(index_facts(store)))
 
 
 def _alignment_lines(comparison: Comparison, divergence: HeadDivergence) -> tuple[str, ...]:

@@ -99,7 +99,7 @@ def index_page(
         title=report_title(store),
         text=tuple(index_text(store)),
         strip=confidence_strip(store),
-        facts=tuple(capture_facts(store)),
+        facts=tuple(index_facts(store)),
         precision=(STORED_PRECISION[store.attention_dtype], SCHEME_DESCRIPTION, THUMBNAIL_DESCRIPTION),
         notes=tuple(notes),
         head_labels=tuple(naming.label(head) for head in range(store.num_heads)),
@@ -125,7 +125,7 @@ def index_text(store: CaptureStore) -> list[TextToken]:
     ]
 
 
-def capture_facts(store: CaptureStore) -> list[tuple[str, str]]:
+def index_facts(store: CaptureStore) -> list[tuple[str, str]]:
     """The model, input and generation facts a reader of a bug ticket needs, as label/value pairs."""
     manifest = store.manifest
     model, generation = manifest["model"], manifest["generation"]
