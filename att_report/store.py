@@ -44,6 +44,18 @@ REQUIRED_KEYS: dict[str, type | tuple[type, ...]] = {
     "software": dict,
     "timings": dict,
 }
+# Fields inside the sections that the reader relies on, with their type (every integer among them is at least 1).
+REQUIRED_FIELDS: dict[tuple[str, str], type] = {
+    ("model", "name"): str,
+    ("model", "num_layers"): int,
+    ("model", "num_heads"): int,
+    ("model", "causal"): bool,
+    ("tokens", "ids"): list,
+    ("tokens", "text"): list,
+    ("tokens", "special"): list,
+    ("tokens", "prompt_length"): int,
+    ("attention", "files"): list,
+}
 
 
 def layer_file_name(layer: int) -> str:
@@ -273,6 +285,11 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     for key, kind in REQUIRED_KEYS.items():
         if not isinstance(manifest.get(key), kind):
             raise StoreError(f"{manifest_path} lacks a valid {key!r}; the capture is damaged, capture it again.")
+    for (section, key), kind in REQUIRED_FIELDS.items():
+        if not _is_valid_field(manifest[section].get(key), kind):
+            raise StoreError(
+                f"{manifest_path} lacks a valid '{section}.{key}'; the capture is damaged, capture it again."
+            )
     version = manifest["version"]
     if version > FORMAT_VERSION:
         raise StoreError(
@@ -282,6 +299,13 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     if version < 1:
         raise StoreError(f"{manifest_path} has an invalid 'version' {version}; the capture is damaged.")
     return manifest
+
+
+def _is_valid_field(value: Any, kind: type) -> bool:
+    """A value of exactly that kind (a bool is no integer here), and an integer at least 1."""
+    if type(value) is not kind:
+        return False
+    return kind is not int or value >= 1
 
 
 def _check_tokens(store: CaptureStore) -> None:

@@ -71,6 +71,14 @@ DAMAGES: dict[str, tuple[Callable[[Path], None], str]] = {
     "layer shape": (edit_manifest(set_key("model", "num_heads", 2)),
                     r"layer-000\.npy holds float16 \(3, 21\), expected float16 \(2, 21\)"),
     "not a directory": (lambda path: None, r"is not a directory"),
+    "missing layer count": (edit_manifest(lambda manifest: manifest["model"].pop("num_layers")),
+                            r"lacks a valid 'model\.num_layers'"),
+    "missing prompt length": (edit_manifest(lambda manifest: manifest["tokens"].pop("prompt_length")),
+                              r"lacks a valid 'tokens\.prompt_length'"),
+    "head count not a number": (edit_manifest(set_key("model", "num_heads", "3")), r"lacks a valid 'model\.num_heads'"),
+    "no layers": (edit_manifest(set_key("model", "num_layers", 0)), r"lacks a valid 'model\.num_layers'"),
+    "token ids not a list": (edit_manifest(set_key("tokens", "ids", 5)), r"lacks a valid 'tokens\.ids'"),
+    "causal not a boolean": (edit_manifest(set_key("model", "causal", None)), r"lacks a valid 'model\.causal'"),
 }
 
 
