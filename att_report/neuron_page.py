@@ -26,7 +26,6 @@ from att_report.viewer import TokenText, token_data
 
 PAGE_NAME = "neurons.html"
 LEVELS = 127
-BOUND_NOTE = "within 1/254 of that unit's largest magnitude of the same quantity in that layer"
 
 
 @dataclass(frozen=True)
@@ -104,10 +103,10 @@ def neuron_page(store: CaptureStore, text: TokenText) -> NeuronPage | None:
     return NeuronPage(
         title=f"Neurons · {store.manifest['model']['name']}",
         index_href=INDEX_NAME,
-        notes=(f"Per layer, the {units.shape[1]} hidden units of the layer's output (its residual stream) whose "
-               "activation varies most across the tokens, most varying first. Red is positive, blue negative, each "
-               "unit scaled to its own largest magnitude; the numbers are within 1/254 of that magnitude of the "
-               "captured value.",),
+        notes=((f"Per layer, the {units.shape[1]} hidden units of the layer's output (its residual stream) whose "
+                "activation varies most across the tokens, most varying first. Red is positive, blue negative, each "
+                "unit scaled to its own largest magnitude; the numbers are within 1/254 of that magnitude of the "
+                "captured value."),),
         layers=tuple(LayerChoice(layer, f"layer {layer}") for layer in range(units.shape[0])),
         legend=("−", "+"),
         map_heading="Units × tokens",
@@ -121,10 +120,9 @@ def neuron_page(store: CaptureStore, text: TokenText) -> NeuronPage | None:
 def comparison_neuron_page(comparison: NeuronComparison, stores: tuple[CaptureStore, CaptureStore],
                            title: str) -> NeuronPage:
     """Build a comparison's page: per layer the shared units' B - A over the aligned tokens, with A and B."""
-    a, b = stores
     layers = comparison.layers
     payload, data = encode_values(NeuronValues(
-        text=_aligned_text(comparison, a),
+        text=_aligned_text(comparison, stores[0]),
         units=tuple(layer.units for layer in layers),
         series=(Series("B − A", tuple(layer.difference for layer in layers)),
                 Series("A", tuple(layer.a for layer in layers)), Series("B", tuple(layer.b for layer in layers))),
@@ -137,13 +135,14 @@ def comparison_neuron_page(comparison: NeuronComparison, stores: tuple[CaptureSt
         title=title,
         index_href=INDEX_NAME,
         notes=(
-            f"Each capture stored, per layer, its own most varying hidden units of the layer's output (A {k_a}, B "
-            f"{k_b}), so only the units both stored are compared: the shared units, at the {len(comparison.pairs)} "
-            f"aligned tokens ({comparison.prompt_pairs} of them in both prompts). A token of A is compared with its "
-            "aligned partner in B; a dotted bar before a token marks unaligned tokens left out there.",
-            "Cells and text show B − A: red where B is higher, blue where A is higher, on one colour scale per layer "
-            "(its largest |B − A|). Units are sorted by mean |B − A| over the aligned tokens, largest first. "
-            f"Each number shown (B − A, A, B) is {BOUND_NOTE}.",
+            (f"Each capture stored, per layer, its own most varying hidden units of the layer's output (A {k_a}, B "
+             f"{k_b}), so only the units both stored are compared: the shared units, at the {len(comparison.pairs)} "
+             f"aligned tokens ({comparison.prompt_pairs} of them in both prompts). A token of A is compared with its "
+             "aligned partner in B; a dotted bar before a token marks unaligned tokens left out there."),
+            ("Cells and text show B − A: red where B is higher, blue where A is higher, on one colour scale per layer "
+             "(its largest |B − A|). Units are sorted by mean |B − A| over the aligned tokens, largest first. Each "
+             "number shown (B − A, A, B) is within 1/254 of that unit's largest magnitude of the same quantity in "
+             "that layer."),
         ),
         layers=tuple(LayerChoice(layer, f"layer {layer} · {len(compared.units)} shared", _layer_note(layer, compared))
                      for layer, compared in enumerate(layers)),

@@ -69,6 +69,9 @@ window.attReport = window.attReport || {};
       var owner = element.getAttribute('data-neuron-layer-note') || element.getAttribute('data-neuron-summary-layer');
       element.hidden = Number(owner) !== layer;
     });
+    var summary = this.root.querySelector('[data-neuron-summary]');
+    if (summary) summary.closest('section').hidden = !this.k;
+    select.disabled = !this.k;
     this.draw();
     this.status.textContent = this.k ? 'Point at a cell.' : 'No units in this layer.';
     this.showUnit(0);
@@ -81,7 +84,7 @@ window.attReport = window.attReport || {};
     if (!height) return;
     canvas.width = width;
     canvas.height = height;
-    canvas.style.width = Math.min(1200, Math.max(width * 4, 240)) + 'px';
+    canvas.style.width = Math.min(1200, Math.max(width * 12, 240)) + 'px';
     canvas.style.height = height * CELL_HEIGHT + 'px';
     var context = canvas.getContext('2d'), image = context.createImageData(width, height);
     for (var k = 0; k < height; k++) {

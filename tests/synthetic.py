@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from att_report.atomic import staged_directory
-from att_report.store import LayerWriter, write_manifest
+from att_report.store import LayerWriter, write_array, write_manifest
 
 
 def random_attention(rng: np.random.Generator, heads: int, tokens: int, causal: bool) -> np.ndarray:
@@ -29,8 +29,10 @@ def write_synthetic_store(
     causal: bool = True,
     seed: int = 0,
     dtype: str = "float16",
+    neurons: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> list[np.ndarray]:
-    """Write a store for `tokens` with random attention; return the float32 layers as written."""
+    """Write a store for `tokens` with random attention, and `neurons` (units (L, K), values (L, T, K)) as capture
+    writes them when given; return the float32 layers as written."""
     rng = np.random.default_rng(seed)
     layers = [random_attention(rng, num_heads, len(tokens), causal) for _ in range(num_layers)]
     completion_length = len(tokens) - prompt_length
@@ -58,5 +60,9 @@ def write_synthetic_store(
             "attention": writer.attention_section(),
             "software": {"att_report": "test"},
             "timings": {},
+            **({"neurons": {"k": int(neurons[0].shape[1]),
+                            "units": write_array(staging, "neurons/units.npy", neurons[0].astype(np.int32)),
+                            "values": write_array(staging, "neurons/values.npy", neurons[1].astype(np.float32))}}
+               if neurons is not None else {}),
         })
     return layers
