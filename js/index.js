@@ -109,7 +109,11 @@ window.attReport = window.attReport || {};
     this.marked.forEach(function (element) { element.classList.remove('att-shown'); });
     this.marked = Array.prototype.slice.call(document.querySelectorAll(
       '[data-index-text] [data-index="' + index + '"], [data-confidence-strip] [data-index="' + index + '"]'));
-    if (!detail) return;
+    if (!detail) {
+      this.line.textContent = 'token ' + index + ': no probabilities here (completion tokens and masked positions carry them).';
+      this.line.removeAttribute('data-shown-index');
+      return;
+    }
     this.marked.forEach(function (element) { element.classList.add('att-shown'); });
     var line = this.line;
     line.textContent = 'token ' + index + ': ' + detail.heading + ' ';
