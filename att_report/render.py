@@ -108,8 +108,8 @@ def write_report(store: CaptureStore, directory: Path, options: RenderOptions) -
 
     thumbnails: list[np.ndarray] = []
     parts_of: dict[str, list[Part]] = {}  # chunk name -> its files
-    # numpy and zlib release the GIL: rows render in parallel, at most one layer per worker in memory.
-    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+    # numpy and zlib release the GIL: two rows render at once, so at most two layers are in memory.
+    with ThreadPoolExecutor(max_workers=2) as pool:
         for row_thumbnails, row_parts in pool.map(render_row, range(len(grid))):
             thumbnails += row_thumbnails
             parts_of.update(row_parts)
