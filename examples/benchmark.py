@@ -32,10 +32,13 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=900, help="tokens to generate")
     parser.add_argument("--skip-browser", action="store_true", help="skip the headless Chromium timings")
     parser.add_argument("--store", type=Path, help="render this existing capture instead of capturing (render figures only)")
+    parser.add_argument("--saliency-tokens", type=int, default=64, help="completion tokens explained by the saliency run")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         store = args.store or benchmark_capture(Path(scratch), args.runs, args.new_tokens)
         benchmark_render(Path(scratch), store, args.runs, args.skip_browser)
+        if args.store is None:
+            benchmark_saliency(store, args.saliency_tokens)
 
 
 def benchmark_capture(scratch: Path, runs: int, new_tokens: int) -> Path:
@@ -125,6 +128,40 @@ print(before, status("VmHWM:"))
         "capture peak above the model, in layers": round((figures["capture"][1] - model_mb) / layer_mb, 2),
         "recording pass peak above the model, in layers": round((figures["record"][1] - model_mb) / layer_mb, 2),
     }
+
+
+SALIENCY_PROBE = """
+import sys, time, torch, att_report
+from att_report.config import CaptureConfig
+from att_report.models import load_model
+from att_report.saliency import saliency_maps
+store = att_report.load(sys.argv[1], verify=False)
+ids = store.token_ids[: store.prompt_length + int(sys.argv[2])]
+loaded = load_model(CaptureConfig(prompt="x", progress=False))
+with torch.inference_mode():  # page the memory-mapped weights in, so the baseline is the whole model
+    loaded.model(torch.tensor([[1, 2]]))
+def status(key):
+    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(key))
+open("/proc/self/clear_refs", "w").write("5")  # reset VmHWM, the peak RSS, to the current RSS
+before = status("VmRSS:")
+started = time.perf_counter()
+maps = saliency_maps(loaded.model, ids, store.prompt_length)
+print(len(ids), len(maps.rows), time.perf_counter() - started, before, status("VmHWM:"))
+"""
+
+
+def benchmark_saliency(store: Path, completion_tokens: int) -> None:
+    """Time `--saliency` (one forward pass, one backward pass per completion token) on the captured prompt and the
+    first completion tokens, and its peak RSS above the loaded model, in a fresh process."""
+    result = subprocess.run([sys.executable, "-c", SALIENCY_PROBE, str(store), str(completion_tokens)],
+                            capture_output=True, text=True, check=True)
+    tokens, rows, seconds, before_kb, peak_kb = result.stdout.split()[-5:]
+    report("saliency", {
+        "tokens (prompt + explained completion)": f"{tokens} ({rows} explained)",
+        "saliency seconds, total": round(float(seconds), 2),
+        "saliency seconds per completion token": round(float(seconds) / int(rows), 3),
+        "peak RSS above the loaded model, MB": round((int(peak_kb) - int(before_kb)) / 1024),
+    })
 
 
 def benchmark_render(scratch: Path, store: Path, runs: int, skip_browser: bool) -> None:
