@@ -1,8 +1,8 @@
 """The capture stage: generate (or take) a completion, then record prompt + completion attention to a store.
 
 Generation runs with the model's fast attention. Then one forward pass over the whole sequence runs with eager
-attention, and each layer's weights stream to disk as that layer finishes: for a causal model, token t's attention in
-this pass is the attention it had while being generated.
+attention (head-chunked where a probe shows that changes nothing), and each layer's weights stream to disk as that
+layer finishes: for a causal model, token t's attention in this pass is the attention it had while being generated.
 """
 
 from __future__ import annotations
@@ -33,9 +33,16 @@ from att_report.logprobs import TOP_ALTERNATIVES, CompletionScores, score_comple
 from att_report.models import LoadedModel, context_length, is_causal_config, load_model, model_facts
 from att_report.neurons import NeuronRecorder, check_neuron_count, layer_modules, recording_neurons
 from att_report.prompts import PromptTokens, check_prompt_options, tokenize_input
-from att_report.recorder import AttentionSite, eager_attention, find_attention_sites, probe_attention, recording
+from att_report.recorder import (
+    AttentionSite,
+    RecordingLog,
+    eager_attention,
+    find_attention_sites,
+    probe_attention,
+    recording,
+)
 from att_report.saliency import saliency_maps
-from att_report.store import LayerWriter, is_store, write_array, write_manifest
+from att_report.store import LayerWriter, is_store, stored_shape, write_array, write_manifest
 from att_report.token_text import token_texts
 
 
@@ -76,7 +83,7 @@ def capture_loaded(loaded: LoadedModel, config: CaptureConfig, output: Path, loa
     facts = model_facts(loaded)
     _check_request(loaded, tokens, config)
     sites = find_attention_sites(loaded.model, facts["num_layers"])
-    probe_attention(loaded.model, sites, tokens.prompt_ids, facts["num_heads"])
+    chunked = probe_attention(loaded.model, sites, tokens.prompt_ids, facts["num_heads"])
     neurons = NeuronRecorder(config.neurons) if config.neurons else None
     timings = {"load_s": round(load_seconds, 3)}
     started = time.perf_counter()
@@ -87,13 +94,14 @@ def capture_loaded(loaded: LoadedModel, config: CaptureConfig, output: Path, loa
     return_large_blocks_to_system()
     with staged_directory(output) as staging:
         writer = LayerWriter(staging, facts["num_heads"], len(ids), loaded.causal, config.attention_dtype)
-        recorded = _record(loaded, sites, ids, len(completion_ids), writer, config.progress, neurons)
+        recorded = _record(loaded, sites, chunked, ids, len(completion_ids), writer, config.progress, neurons)
         timings["record_s"] = round(time.perf_counter() - started, 3)
         manifest = {
             "model": facts,
             "input": {"mode": tokens.mode, "prompt": config.prompt, "system": config.system},
             "tokens": _token_section(loaded.tokenizer, ids, len(tokens.prompt_ids)),
-            "generation": _generation_section(config, tokens, stop_reason, loaded),
+            "generation": _generation_section(config, tokens, stop_reason, loaded,
+                                              recorded.log.implementation(len(sites))),
             "completion": _completion_section(loaded.tokenizer, recorded.scores),
             "attention": writer.attention_section(),
             "software": _software(),
@@ -194,9 +202,10 @@ def _eos_ids(model: Any) -> list[int]:
     return [eos] if isinstance(eos, int) else list(eos)
 
 
-def _record(loaded: LoadedModel, sites: list[AttentionSite], ids: list[int], completion_length: int, writer: LayerWriter,
-            progress: bool, neurons: NeuronRecorder | None) -> RecordedOutputs:
-    """Run one eager forward pass, streaming each layer's weights to `writer`; score the completion."""
+def _record(loaded: LoadedModel, sites: list[AttentionSite], chunked: bool, ids: list[int], completion_length: int,
+            writer: LayerWriter, progress: bool, neurons: NeuronRecorder | None) -> RecordedOutputs:
+    """Run one eager forward pass (head-chunked if `chunked`), streaming each layer's weights to `writer`; score the
+    completion."""
     model = loaded.model
     layers = layer_modules(model, len(sites)) if neurons is not None else []
     input_ids = torch.tensor([ids], device=model.device)
@@ -205,23 +214,25 @@ def _record(loaded: LoadedModel, sites: list[AttentionSite], ids: list[int], com
         options["logits_to_keep"] = 1
     first_predictor = len(ids) - completion_length - 1
     bar = tqdm(total=len(sites), desc="recording attention", unit="layer", disable=not progress)
-    pack = LayerPacker(writer, model.device)
+    assembler = LayerAssembler(writer, model.device)
     # One worker writes layer l to disk while layer l + 1 computes; waiting for it before queueing the next write
     # keeps at most one packed layer in flight.
     with ThreadPoolExecutor(max_workers=1) as disk:
         pending: list[Future[None]] = []
 
-        def store_layer(layer: int, weights: torch.Tensor) -> None:
+        def store_heads(layer: int, first_head: int, weights: torch.Tensor) -> None:
             if layer != len(pending):
                 raise ModelError(f"layer {layer} produced attention out of order; this model's layout is not supported.")
-            packed = pack(weights[0])
+            packed = assembler.add(first_head, weights)
+            if packed is None:
+                return
             if pending:
                 pending[-1].result()
             pending.append(disk.submit(writer.write_packed, packed))
             bar.update(1)
 
         try:
-            with eager_attention(model), torch.inference_mode(), recording(sites, store_layer), \
+            with eager_attention(model), torch.inference_mode(), recording(sites, store_heads, chunked) as log, \
                     recording_neurons(layers, neurons or NeuronRecorder(0)), \
                     tapping_final_hidden(model, first_predictor, len(ids)) as final_hidden:
                 outputs = model(input_ids, attention_mask=torch.ones_like(input_ids), use_cache=False, **options)
@@ -233,9 +244,9 @@ def _record(loaded: LoadedModel, sites: list[AttentionSite], ids: list[int], com
         raise ModelError(f"only {len(writer.files)} of {len(sites)} layers returned attention weights.")
     logits = getattr(outputs, "logits", None)
     if logits is None or not loaded.causal:
-        return RecordedOutputs(encoder_logits=None if logits is None else logits[0], scores=None)
+        return RecordedOutputs(log=log, encoder_logits=None if logits is None else logits[0], scores=None)
     if completion_length == 0:
-        return RecordedOutputs(encoder_logits=None, scores=None)
+        return RecordedOutputs(log=log, encoder_logits=None, scores=None)
 
     def plain_logits() -> torch.Tensor:
         with torch.inference_mode():
@@ -243,13 +254,15 @@ def _record(loaded: LoadedModel, sites: list[AttentionSite], ids: list[int], com
 
     completion_ids = ids[len(ids) - completion_length:]
     scores = score_completion(model, final_hidden.states, logits[0, -1], completion_ids, plain_logits)
-    return RecordedOutputs(encoder_logits=None, scores=scores)
+    return RecordedOutputs(log=log, encoder_logits=None, scores=scores)
 
 
 @dataclass(frozen=True)
 class RecordedOutputs:
-    """What the recording pass yields besides attention: an encoder's logits or the completion's scores."""
+    """What the recording pass yields besides attention: how it recorded, an encoder's logits or the completion's
+    scores."""
 
+    log: RecordingLog
     encoder_logits: torch.Tensor | None
     scores: CompletionScores | None
 
@@ -272,6 +285,32 @@ class LayerPacker:
         return weights.cpu().numpy()
 
 
+class LayerAssembler:
+    """Gather a layer's stored form from chunks of heads, so only one chunk's weights exist at full precision."""
+
+    def __init__(self, writer: LayerWriter, device: torch.device) -> None:
+        self.pack = LayerPacker(writer, device)
+        self.shape = stored_shape(writer.num_heads, writer.num_tokens, writer.causal)
+        self.dtype = np.dtype(writer.dtype)
+        self.layer: np.ndarray | None = None
+        self.filled = 0
+
+    def add(self, first_head: int, weights: torch.Tensor) -> np.ndarray | None:
+        """Take heads `first_head`.. as (heads, T, T); give the whole layer's stored form once it is complete."""
+        if first_head != self.filled:
+            raise ModelError(f"attention heads arrived from head {first_head}, expected head {self.filled}.")
+        if first_head == 0 and weights.shape[0] == self.shape[0]:
+            return self.pack(weights)
+        if self.layer is None:
+            self.layer = np.empty(self.shape, self.dtype)
+        self.layer[first_head:first_head + weights.shape[0]] = self.pack(weights)
+        self.filled += weights.shape[0]
+        if self.filled < self.shape[0]:
+            return None
+        layer, self.layer, self.filled = self.layer, None, 0
+        return layer
+
+
 def _token_section(tokenizer: Any, ids: list[int], prompt_length: int) -> dict[str, Any]:
     special = set(getattr(tokenizer, "all_special_ids", []) or [])
     return {
@@ -283,7 +322,7 @@ def _token_section(tokenizer: Any, ids: list[int], prompt_length: int) -> dict[s
 
 
 def _generation_section(config: CaptureConfig, tokens: PromptTokens, stop_reason: str | None,
-                        loaded: LoadedModel) -> dict[str, Any]:
+                        loaded: LoadedModel, record_attention: str) -> dict[str, Any]:
     if not loaded.causal or (tokens.completion_ids is None and config.max_new_tokens == 0):
         mode = "none"
     elif tokens.completion_ids is not None:
@@ -291,7 +330,7 @@ def _generation_section(config: CaptureConfig, tokens: PromptTokens, stop_reason
     else:
         mode = "sample" if config.sample else "greedy"
     section: dict[str, Any] = {"mode": mode, "stop_reason": stop_reason, "device": str(loaded.model.device),
-                               "record_attention": "eager"}
+                               "record_attention": record_attention}
     if mode in ("greedy", "sample"):
         section["max_new_tokens"] = config.max_new_tokens
     if mode == "sample":
