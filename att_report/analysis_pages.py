@@ -15,7 +15,6 @@ import numpy as np
 
 from att_report.analysis import rollout
 from att_report.chunks import INDEX_NAME
-from att_report.encode import encode_rows
 from att_report.store import CaptureStore
 from att_report.templating import render_template, write_html
 from att_report.viewer import MEAN, HeadLabel, Link, Navigation, Section, TokenText, chunk_page
@@ -75,8 +74,9 @@ def saliency_sections(store: CaptureStore) -> Iterator[Section]:
 
 def _write_pages(stem: str, title: str, sections: Iterable[Section], note: str, text: TokenText, directory: Path,
                  budget: int) -> AnalysisPage:
-    """Pack sections into files of at most `budget` payload bytes, linked in order; at most two files' sections are
-    held at once (a file is written when the next one starts, so it can link to it)."""
+    """Pack sections into files of at most `budget` payload bytes, linked in order. Each section is encoded once and
+    kept only as its payload until its file is written (a file is written when the next one starts, so it can link
+    to it)."""
     names: list[str] = []
     pending: list[Section] = []
     used = 0
@@ -90,7 +90,8 @@ def _write_pages(stem: str, title: str, sections: Iterable[Section], note: str, 
         write_html(directory / names[-1], render_template("chunk.html", page=page))
 
     for section in sections:
-        size = len(encode_rows(section.matrices, 0, text.causal))
+        section = section.encoded(text.causal)
+        size = len(section.payload or "")
         if pending and used + size > budget:
             flush(has_next=True)
             pending, used = [], 0

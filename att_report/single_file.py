@@ -15,7 +15,6 @@ import numpy as np
 from att_report.analysis_pages import rollout_sections, saliency_sections
 from att_report.atomic import PARTIAL_PREFIX
 from att_report.chunks import Chunk, HeadNaming, chunk_of, head_labels, plan_chunks, row_label
-from att_report.encode import encode_rows
 from att_report.errors import OutputExistsError, UsageError
 from att_report.index_page import ChunkLinks, index_page, report_title
 from att_report.render import GENERATOR, RenderOptions, chunk_matrices, row_source, token_text
@@ -47,27 +46,27 @@ def render_single_file(store: CaptureStore, output: Path, options: RenderOptions
     thumbnails: list[np.ndarray] = []
     sections: list[Section] = []
     payload_bytes = 0
+
+    def add(section: Section, layers_done: int) -> None:
+        """Keep a section encoded, or refuse as soon as the file would exceed its budget."""
+        nonlocal payload_bytes
+        section = section.encoded(store.causal)
+        payload_bytes += len(section.payload or "")
+        if payload_bytes > budget:
+            raise UsageError(_too_large(store, options, layers_done))
+        sections.append(section)
+
     for row in range(len(grid)):
         source, row_thumbnails = row_source(store, grid, row)
         thumbnails += row_thumbnails
         for chunk in grid[row]:
-            matrices = chunk_matrices(source, chunk)
-            payload = encode_rows(matrices, 0, store.causal)
-            payload_bytes += len(payload)
-            if payload_bytes > budget:
-                raise UsageError(_too_large(store, options, row + 1))
-            # The payload holds the weights; a zero-stride stand-in keeps the section's shape, not its matrices.
-            shape_only = np.broadcast_to(np.float32(0), matrices.shape)
-            sections.append(Section(chunk.key, chunk.title, chunk.layer, head_labels(chunk, naming), shape_only, 0,
-                                    payload))
+            add(Section(chunk.key, chunk.title, chunk.layer, head_labels(chunk, naming), chunk_matrices(source, chunk),
+                        0), row + 1)
     analyses: list[ChunkLinks] = []
     for title, extra in (("Attention rollout", rollout_sections(store)), ("Gradient saliency", saliency_sections(store))):
         links = []
         for section in extra:
-            payload_bytes += len(encode_rows(section.matrices, 0, store.causal))
-            if payload_bytes > budget:
-                raise UsageError(_too_large(store, options, store.num_layers))
-            sections.append(section)
+            add(section, store.num_layers)
             links.append(Link(section.title, f"#section={section.key}"))
         if links:
             analyses.append(ChunkLinks(title, tuple(links)))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import unicodedata
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any
 
@@ -45,6 +45,12 @@ class Section:
     matrices: np.ndarray
     row_start: int
     payload: str | None = None  # encode_rows(matrices, row_start, causal), when the caller has encoded it already
+
+    def encoded(self, causal: bool) -> Section:
+        """This section with its payload encoded now and its matrices let go: a zero-stride stand-in keeps their
+        shape, so a page can hold many sections without holding their weights twice."""
+        payload = self.payload or encode_rows(self.matrices, self.row_start, causal)
+        return replace(self, matrices=np.broadcast_to(np.float32(0), self.matrices.shape), payload=payload)
 
 
 @dataclass(frozen=True)

@@ -85,14 +85,10 @@ def benchmark_capture(scratch: Path, runs: int, new_tokens: int) -> Path:
     return store
 
 
-def peak_memory(scratch: Path, new_tokens: int, heads: int, tokens: int) -> dict[str, object]:
-    """Load the model in a fresh process, reset its peak RSS, then measure the peak of generate or of capture."""
-    probe = f"""
-import pathlib, torch
-from att_report.config import CaptureConfig
+# The start of each memory probe, after `config`: the model loaded and paged in, the peak RSS reset to the current
+# RSS (`before`), and `status(key)` to read /proc/self/status afterwards.
+MODEL_AT_BASELINE = """import torch
 from att_report.models import load_model
-from att_report.capture import capture_loaded, generate
-config = CaptureConfig(prompt={PROMPT!r}, chat=True, max_new_tokens={new_tokens}, force=True, progress=False)
 loaded = load_model(config)
 with torch.inference_mode():  # page the memory-mapped weights in, so the baseline is the whole model
     loaded.model(torch.tensor([[1, 2]]))
@@ -100,7 +96,17 @@ def status(key):
     return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(key))
 open("/proc/self/clear_refs", "w").write("5")  # reset VmHWM, the peak RSS, to the current RSS
 before = status("VmRSS:")
-mode = __import__("sys").argv[1]
+"""
+
+
+def peak_memory(scratch: Path, new_tokens: int, heads: int, tokens: int) -> dict[str, object]:
+    """Load the model in a fresh process, reset its peak RSS, then measure the peak of generate or of capture."""
+    probe = f"""
+import pathlib
+from att_report.config import CaptureConfig
+from att_report.capture import capture_loaded, generate
+config = CaptureConfig(prompt={PROMPT!r}, chat=True, max_new_tokens={new_tokens}, force=True, progress=False)
+{MODEL_AT_BASELINE}mode = __import__("sys").argv[1]
 if mode == "capture":
     capture_loaded(loaded, config, pathlib.Path({str(scratch / 'rss')!r}), 0.0)
 elif mode == "record":
@@ -130,21 +136,14 @@ print(before, status("VmHWM:"))
     }
 
 
-SALIENCY_PROBE = """
-import sys, time, torch, att_report
+SALIENCY_PROBE = f"""
+import sys, time, att_report
 from att_report.config import CaptureConfig
-from att_report.models import load_model
 from att_report.saliency import saliency_maps
 store = att_report.load(sys.argv[1], verify=False)
 ids = store.token_ids[: store.prompt_length + int(sys.argv[2])]
-loaded = load_model(CaptureConfig(prompt="x", progress=False))
-with torch.inference_mode():  # page the memory-mapped weights in, so the baseline is the whole model
-    loaded.model(torch.tensor([[1, 2]]))
-def status(key):
-    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(key))
-open("/proc/self/clear_refs", "w").write("5")  # reset VmHWM, the peak RSS, to the current RSS
-before = status("VmRSS:")
-started = time.perf_counter()
+config = CaptureConfig(prompt="x", progress=False)
+{MODEL_AT_BASELINE}started = time.perf_counter()
 maps = saliency_maps(loaded.model, ids, store.prompt_length)
 print(len(ids), len(maps.rows), time.perf_counter() - started, before, status("VmHWM:"))
 """
