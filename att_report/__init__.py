@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from att_report.analysis import HeadMetrics, head_metrics, layer_statistics, rollout
-from att_report.compare_report import compare
+from att_report.analysis.metrics import HeadMetrics, head_metrics, layer_statistics, rollout
+from att_report.report.compare import compare
 from att_report.errors import AttReportError
-from att_report.render import RenderOptions, render
+from att_report.report.render import RenderOptions, render
 from att_report.store import CaptureStore, load
 
 __version__ = "0.1.0"
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 
 def capture(*args: Any, **kwargs: Any) -> Path:
-    """Run a model on a prompt and store its attention; see `att_report.capture.capture`."""
-    from att_report.capture import capture as run_capture  # torch is imported only when capturing
+    """Run a model on a prompt and store its attention; see `att_report.capturing.pipeline.capture`."""
+    from att_report.capturing.pipeline import capture as run_capture  # torch is imported only when capturing
 
     return run_capture(*args, **kwargs)

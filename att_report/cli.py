@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import NoReturn
 
 from att_report import __version__
-from att_report.chunks import AGGREGATES
-from att_report.compare_report import compare
-from att_report.config import ATTENTION_DTYPE_CHOICES, MODEL_DTYPE_CHOICES, CaptureConfig, option_help
+from att_report.report.chunks import AGGREGATES
+from att_report.report.compare import compare
+from att_report.capturing.config import ATTENTION_DTYPE_CHOICES, MODEL_DTYPE_CHOICES, CaptureConfig, option_help
 from att_report.errors import AttReportError, UsageError
-from att_report.render import (
+from att_report.report.render import (
     DEFAULT_MAX_FILE_MB,
     DEFAULT_SINGLE_FILE_MB,
     RenderOptions,
@@ -182,7 +182,7 @@ def read_text_file(path: Path, flag: str) -> str:
 def run_capture_command(args: argparse.Namespace) -> int:
     if args.prompts_file is not None:
         return run_batch_command(args)
-    from att_report.capture import capture_with_config  # imports torch: only for capture commands
+    from att_report.capturing.pipeline import capture_with_config  # imports torch: only for capture commands
 
     store = capture_with_config(capture_config_from(args), args.output)
     print(f"capture written to {store}")
@@ -198,7 +198,7 @@ def run_info_command(args: argparse.Namespace) -> int:
 
 def run_batch_command(args: argparse.Namespace) -> int:
     """Capture every prompt of a JSONL file; report failing lines at the end and exit 1 if any failed."""
-    from att_report.batch import capture_batch, summary_lines  # imports torch
+    from att_report.capturing.batch import capture_batch, summary_lines  # imports torch
 
     result = capture_batch(capture_config_from(args), args.prompts_file, args.output)
     for line in summary_lines(result, args.prompts_file):
@@ -219,7 +219,7 @@ def run_run_command(args: argparse.Namespace) -> int:
                          "then render each capture.")
     options = render_options_from(args)
     check_render_target(args.output, options)
-    from att_report.capture import capture_with_config  # imports torch: only for capture commands
+    from att_report.capturing.pipeline import capture_with_config  # imports torch: only for capture commands
 
     with tempfile.TemporaryDirectory(prefix="att-report-") as scratch:
         store = capture_with_config(capture_config_from(args), args.keep_capture or Path(scratch) / "capture")
@@ -232,7 +232,7 @@ def run_demo_command(args: argparse.Namespace) -> int:
     """Capture the built-in chat prompt with the embedded model and render it."""
     options = RenderOptions(force=args.force)
     check_render_target(args.output, options)
-    from att_report.capture import capture_with_config
+    from att_report.capturing.pipeline import capture_with_config
 
     config = CaptureConfig(prompt=DEMO_PROMPT, chat=True, max_new_tokens=DEMO_NEW_TOKENS, progress=args.progress)
     with tempfile.TemporaryDirectory(prefix="att-report-") as scratch:

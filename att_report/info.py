@@ -11,9 +11,9 @@ from typing import Any
 import numpy as np
 import orjson
 
-from att_report.analysis import METRICS, HeadMetrics, head_metrics
+from att_report.analysis.metrics import METRICS, HeadMetrics, head_metrics
 from att_report.store import CaptureStore, load
-from att_report.viewer import token_label
+from att_report.report.page_types import token_label
 
 TEXT_LIMIT = 100  # characters of prompt, system and completion text shown on a terminal line
 MODEL_KEYS = ("name", "revision", "architecture", "model_type", "dtype", "context_length")

@@ -45,9 +45,9 @@ def benchmark_capture(scratch: Path, runs: int, new_tokens: int) -> Path:
     """Time generate and capture alternately on one loaded model; measure memory in a fresh process."""
     import torch
 
-    from att_report.capture import capture_loaded
-    from att_report.config import CaptureConfig
-    from att_report.models import load_model
+    from att_report.capturing.pipeline import capture_loaded
+    from att_report.capturing.config import CaptureConfig
+    from att_report.capturing.models import load_model
 
     torch.set_num_threads(os.cpu_count() or 1)
     config = CaptureConfig(prompt=PROMPT, chat=True, max_new_tokens=new_tokens, force=True, progress=False)
@@ -88,7 +88,7 @@ def benchmark_capture(scratch: Path, runs: int, new_tokens: int) -> Path:
 # The start of each memory probe, after `config`: the model loaded and paged in, the peak RSS reset to the current
 # RSS (`before`), and `status(key)` to read /proc/self/status afterwards.
 MODEL_AT_BASELINE = """import torch
-from att_report.models import load_model
+from att_report.capturing.models import load_model
 loaded = load_model(config)
 with torch.inference_mode():  # page the memory-mapped weights in, so the baseline is the whole model
     loaded.model(torch.tensor([[1, 2]]))
@@ -103,8 +103,8 @@ def peak_memory(scratch: Path, new_tokens: int, heads: int, tokens: int) -> dict
     """Load the model in a fresh process, reset its peak RSS, then measure the peak of generate or of capture."""
     probe = f"""
 import pathlib
-from att_report.config import CaptureConfig
-from att_report.capture import capture_loaded, generate
+from att_report.capturing.config import CaptureConfig
+from att_report.capturing.pipeline import capture_loaded, generate
 config = CaptureConfig(prompt={PROMPT!r}, chat=True, max_new_tokens={new_tokens}, force=True, progress=False)
 {MODEL_AT_BASELINE}mode = __import__("sys").argv[1]
 if mode == "capture":
@@ -138,8 +138,8 @@ print(before, status("VmHWM:"))
 
 SALIENCY_PROBE = f"""
 import sys, time, att_report
-from att_report.config import CaptureConfig
-from att_report.saliency import saliency_maps
+from att_report.capturing.config import CaptureConfig
+from att_report.capturing.saliency import saliency_maps
 store = att_report.load(sys.argv[1], verify=False)
 ids = store.token_ids[: store.prompt_length + int(sys.argv[2])]
 config = CaptureConfig(prompt="x", progress=False)
@@ -166,7 +166,7 @@ def benchmark_saliency(store: Path, completion_tokens: int) -> None:
 def benchmark_render(scratch: Path, store: Path, runs: int, skip_browser: bool) -> None:
     """Render the store several times (median wall time), size the report, and time a chunk page in Chromium."""
     import att_report
-    from att_report.render import RenderOptions, render
+    from att_report.report.render import RenderOptions, render
 
     times = []
     report_dir = scratch / "report"

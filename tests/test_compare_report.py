@@ -14,8 +14,8 @@ import pytest
 
 import att_report
 from att_report.cli import main
-from att_report.compare_report import compare
-from att_report.encode import ERROR_BOUND, decode_rows
+from att_report.report.compare import compare
+from att_report.report.encode import ERROR_BOUND, decode_rows
 from att_report.errors import OutputExistsError, UsageError
 from synthetic import write_synthetic_store
 

@@ -8,7 +8,7 @@ import zlib
 import numpy as np
 import pytest
 
-from att_report.encode import ERROR_BOUND, QUANT_LEVELS, SCHEME_DESCRIPTION, decode_rows, encode_rows
+from att_report.report.encode import ERROR_BOUND, QUANT_LEVELS, SCHEME_DESCRIPTION, decode_rows, encode_rows
 from att_report.errors import UsageError
 from synthetic import random_attention
 

@@ -9,8 +9,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from att_report.templating import write_html
-from att_report.viewer import HeadLabel, Section, render_chunk_page
+from att_report.report.templating import write_html
+from att_report.report.page_types import HeadLabel
+from att_report.report.viewer import Section, render_chunk_page
 from synthetic import random_attention
 from test_viewer_page import NAVIGATION, Walk, make_text
 

@@ -168,7 +168,7 @@ def test_a_folder_that_is_not_a_capture_is_one_error_line(tmp_path: Path, capsys
 def test_info_and_analysis_never_import_torch(capture: Path) -> None:
     script = (
         "import contextlib, io, sys\n"
-        "import att_report.analysis, att_report.info\n"
+        "import att_report.analysis.metrics, att_report.info\n"
         "from att_report.cli import main\n"
         "with contextlib.redirect_stdout(io.StringIO()):\n"
         f"    codes = [main(['info', {str(capture)!r}, '--metrics']), main(['info', {str(capture)!r}, '--json'])]\n"

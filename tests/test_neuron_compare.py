@@ -16,9 +16,9 @@ from synthetic import write_synthetic_store
 from test_compare_report import PAIRS, PROMPT_A, PROMPT_B, TOKENS_A, TOKENS_B
 
 import att_report
-from att_report.alignment import align_tokens
-from att_report.compare_report import compare
-from att_report.neuron_compare import NeuronComparison, neuron_differences
+from att_report.analysis.alignment import align_tokens
+from att_report.report.compare import compare
+from att_report.analysis.neuron_compare import NeuronComparison, neuron_differences
 
 LAYERS = 3
 # Each capture picked its own units; A stores 4 per layer, B 5. By hand: layer 0 shares 3 and 5, layer 1 shares

@@ -26,8 +26,8 @@ from test_viewer_page import Walk, tokens_for
 
 import att_report
 from att_report.cli import main
-from att_report.encode import ERROR_BOUND, decode_rows
-from att_report.render import payload_budget, token_text
+from att_report.report.encode import ERROR_BOUND, decode_rows
+from att_report.report.render import payload_budget, token_text
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKENS = tokens_for(40)
@@ -573,7 +573,7 @@ def test_a_wheel_install_renders_with_its_own_templates(gqa_store: Path, gqa: Pa
         from pathlib import Path
         import att_report
         from att_report.cli import main
-        from att_report.templating import asset_dir
+        from att_report.report.templating import asset_dir
         package = Path(att_report.__file__).parent
         assert package.is_relative_to(Path(sys.prefix)) and "site-packages" in str(package), package
         for name in ("templates", "js"):

@@ -15,7 +15,7 @@ from test_render import HEADS, KV_HEADS, LAYERS, PROMPT, TOKENS, render_cli
 from test_viewer_browser import SLACK, expected_matrix, hover, numbers, pressed, weights
 
 import att_report
-from att_report.encode import ERROR_BOUND
+from att_report.report.encode import ERROR_BOUND
 
 pytestmark = pytest.mark.browser
 

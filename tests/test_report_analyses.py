@@ -22,8 +22,8 @@ from test_viewer_browser import SLACK, hover, numbers, weights
 from test_viewer_page import Walk
 
 import att_report
-from att_report.encode import ERROR_BOUND
-from att_report.render import render
+from att_report.report.encode import ERROR_BOUND
+from att_report.report.render import render
 from att_report.store import CaptureStore
 
 PROMPT = "The quick brown fox jumps over"

@@ -14,8 +14,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, BertModel
 
 import att_report
-from att_report.config import CaptureConfig
-from att_report.models import EMBEDDED_PACKAGE, embedded_model_folder, load_model
+from att_report.capturing.config import CaptureConfig
+from att_report.capturing.models import EMBEDDED_PACKAGE, embedded_model_folder, load_model
 
 PROMPT = "Why is the sky blue?"
 NEW_TOKENS = 12

@@ -9,20 +9,11 @@ from html.parser import HTMLParser
 import numpy as np
 import pytest
 
-from att_report.encode import ERROR_BOUND, decode_rows
+from att_report.report.encode import ERROR_BOUND, decode_rows
 from att_report.errors import UsageError
-from att_report.templating import environment
-from att_report.viewer import (
-    HeadLabel,
-    Link,
-    Navigation,
-    Section,
-    TokenText,
-    chunk_page,
-    render_chunk_page,
-    token_kind,
-    token_label,
-)
+from att_report.report.templating import environment
+from att_report.report.page_types import HeadLabel, Link, Navigation, TokenText, token_kind, token_label
+from att_report.report.viewer import Section, chunk_page, render_chunk_page
 from synthetic import random_attention
 
 WORDS = ["The", " quick", " brown", " fox", "\n", " jumps", " over", " the", " lazy", " dog", ".", "  "]

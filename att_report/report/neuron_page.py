@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from att_report.chunks import INDEX_NAME
-from att_report.neuron_compare import LayerComparison, NeuronComparison
+from att_report.report.chunks import INDEX_NAME
+from att_report.analysis.neuron_compare import LayerComparison, NeuronComparison
 from att_report.store import CaptureStore
-from att_report.viewer import TokenText, token_data
+from att_report.report.page_types import TokenText, token_data
 
 PAGE_NAME = "neurons.html"
 LEVELS = 127

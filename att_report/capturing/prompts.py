@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from att_report.config import CaptureConfig
+from att_report.capturing.config import CaptureConfig
 from att_report.errors import UsageError
 
 

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from att_report.analysis import overall_mean
-from att_report.analysis_pages import AnalysisPage, write_analysis_pages
+from att_report.analysis.metrics import overall_mean
+from att_report.report.analysis_pages import AnalysisPage, write_analysis_pages
 from att_report.atomic import PARTIAL_PREFIX, check_replaceable, staged_directory
-from att_report.chunks import (
+from att_report.report.chunks import (
     INDEX_NAME,
     Chunk,
     HeadNaming,
@@ -30,15 +30,16 @@ from att_report.chunks import (
     plan_chunks,
     row_label,
 )
-from att_report.encode import encode_rows
+from att_report.report.encode import encode_rows
 from att_report.errors import OutputExistsError, UsageError
-from att_report.index_page import ChunkLinks, IndexPage, index_page
-from att_report.neuron_page import PAGE_NAME as NEURON_PAGE
-from att_report.neuron_page import neuron_page
+from att_report.report.index_page import ChunkLinks, IndexPage, index_page
+from att_report.report.neuron_page import PAGE_NAME as NEURON_PAGE
+from att_report.report.neuron_page import neuron_page
 from att_report.store import CaptureStore, load
-from att_report.templating import render_template, write_html
-from att_report.thumbnails import layer_thumbnails, pack_thumbnails
-from att_report.viewer import MEAN, Link, Section, TokenText, chunk_page
+from att_report.report.templating import render_template, write_html
+from att_report.report.thumbnails import layer_thumbnails, pack_thumbnails
+from att_report.report.page_types import Link, MEAN, TokenText
+from att_report.report.viewer import Section, chunk_page
 
 DEFAULT_MAX_FILE_MB = 10.0
 DEFAULT_SINGLE_FILE_MB = 25.0
@@ -78,7 +79,7 @@ def render(capture: str | Path, output: str | Path, options: RenderOptions = Ren
     check_render_target(output, options)
     store = load(capture)
     if options.single_file:
-        from att_report.single_file import render_single_file  # the one-file layout builds on this module
+        from att_report.report.single_file import render_single_file  # the one-file layout builds on this module
 
         return render_single_file(store, output, options)
     with staged_directory(output) as staging:
@@ -288,7 +289,7 @@ def check_render_target(output: Path, options: RenderOptions) -> None:
     """Refuse bad options or an output that may not be replaced, before any slow work."""
     _check_options(options)
     if options.single_file:
-        from att_report.single_file import check_single_file_target
+        from att_report.report.single_file import check_single_file_target
 
         check_single_file_target(output, options.force)
         return

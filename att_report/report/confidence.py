@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from att_report.store import CaptureStore
-from att_report.viewer import token_label
+from att_report.report.page_types import token_label
 
 
 @dataclass(frozen=True)

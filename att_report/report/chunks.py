@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from att_report.errors import UsageError
-from att_report.viewer import MEAN, HeadLabel, Link, Navigation
+from att_report.report.page_types import HeadLabel, Link, MEAN, Navigation
 
 HEADS_PER_PAGE = 8
 AGGREGATES = ("none", "heads", "layers")

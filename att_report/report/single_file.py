@@ -12,16 +12,17 @@ from pathlib import Path
 
 import numpy as np
 
-from att_report.analysis_pages import rollout_sections, saliency_sections
+from att_report.report.analysis_pages import rollout_sections, saliency_sections
 from att_report.atomic import PARTIAL_PREFIX
-from att_report.chunks import Chunk, HeadNaming, chunk_of, head_labels, plan_chunks, row_label
+from att_report.report.chunks import Chunk, HeadNaming, chunk_of, head_labels, plan_chunks, row_label
 from att_report.errors import OutputExistsError, UsageError
-from att_report.index_page import ChunkLinks, index_page, report_title
-from att_report.render import GENERATOR, RenderOptions, chunk_matrices, row_source, token_text
+from att_report.report.index_page import ChunkLinks, index_page, report_title
+from att_report.report.render import GENERATOR, RenderOptions, chunk_matrices, row_source, token_text
 from att_report.store import CaptureStore
-from att_report.templating import render_template
-from att_report.thumbnails import pack_thumbnails
-from att_report.viewer import Link, Navigation, Section, chunk_page
+from att_report.report.templating import render_template
+from att_report.report.thumbnails import pack_thumbnails
+from att_report.report.page_types import Link, Navigation
+from att_report.report.viewer import Section, chunk_page
 
 _MB = 1_000_000
 

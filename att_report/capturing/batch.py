@@ -9,10 +9,10 @@ from pathlib import Path
 import orjson
 from tqdm.auto import tqdm
 
-from att_report.capture import capture_loaded
-from att_report.config import CaptureConfig
+from att_report.capturing.pipeline import capture_loaded
+from att_report.capturing.config import CaptureConfig
 from att_report.errors import AttReportError, UsageError
-from att_report.models import load_model
+from att_report.capturing.models import load_model
 
 SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 

@@ -10,7 +10,7 @@ import jinja2
 import orjson
 from markupsafe import Markup
 
-_PACKAGE_DIR = Path(__file__).resolve().parent
+_PACKAGE_DIR = Path(__file__).resolve().parent.parent  # att_report/
 
 
 def asset_dir(name: str) -> Path:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from att_report.analysis import METRICS, HeadMetrics, layer_statistics
+from att_report.analysis.metrics import METRICS, HeadMetrics, layer_statistics
 
 CHART_WIDTH, CHART_HEIGHT, CHART_PAD = 640, 160, 28
 _LOW, _HIGH = (255, 255, 255), (96, 165, 250)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from att_report.alignment import TokenAlignment, check_comparable
+from att_report.analysis.alignment import TokenAlignment, check_comparable
 from att_report.store import CaptureStore
 
 

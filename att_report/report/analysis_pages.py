@@ -13,11 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
-from att_report.analysis import rollout
-from att_report.chunks import INDEX_NAME
+from att_report.analysis.metrics import rollout
+from att_report.report.chunks import INDEX_NAME
 from att_report.store import CaptureStore
-from att_report.templating import render_template, write_html
-from att_report.viewer import MEAN, HeadLabel, Link, Navigation, Section, TokenText, chunk_page
+from att_report.report.templating import render_template, write_html
+from att_report.report.page_types import HeadLabel, Link, MEAN, Navigation, TokenText
+from att_report.report.viewer import Section, chunk_page
 
 ROLLOUT_NOTE = (
     "Attention rollout (Abnar & Zuidema, 2020): each layer's head mean with the residual connection, "

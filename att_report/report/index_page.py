@@ -9,15 +9,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from att_report.analysis import head_metrics
-from att_report.chunks import Chunk, HeadNaming
-from att_report.confidence import StripCell, confidence_strip, token_details
-from att_report.encode import SCHEME_DESCRIPTION
-from att_report.metrics_view import MetricsView, metrics_view
+from att_report.analysis.metrics import head_metrics
+from att_report.report.chunks import Chunk, HeadNaming
+from att_report.report.confidence import StripCell, confidence_strip, token_details
+from att_report.report.encode import SCHEME_DESCRIPTION
+from att_report.report.metrics_view import MetricsView, metrics_view
 from att_report.store import CaptureStore
-from att_report.thumbnails import DESCRIPTION as THUMBNAIL_DESCRIPTION
-from att_report.thumbnails import thumbnail_size
-from att_report.viewer import Link, token_kind
+from att_report.report.thumbnails import DESCRIPTION as THUMBNAIL_DESCRIPTION
+from att_report.report.thumbnails import thumbnail_size
+from att_report.report.page_types import Link, token_kind
 
 STORED_PRECISION = {
     "float16": "Captured attention was stored as float16: within 2^-11 relative (about 0.0005 at most) of the "

@@ -12,7 +12,6 @@ import os
 import platform
 import sys
 import time
-import types
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -26,14 +25,14 @@ from transformers.generation.streamers import BaseStreamer
 
 from att_report import __version__
 from att_report.atomic import check_replaceable, staged_directory
-from att_report.config import CaptureConfig
+from att_report.capturing.config import CaptureConfig
 from att_report.errors import ModelError, UsageError
-from att_report.heap import return_large_blocks_to_system
-from att_report.logprobs import TOP_ALTERNATIVES, CompletionScores, score_completion, tapping_final_hidden
-from att_report.models import LoadedModel, context_length, is_causal_config, load_model, model_facts
-from att_report.neurons import NeuronRecorder, check_neuron_count, layer_modules, recording_neurons
-from att_report.prompts import PromptTokens, check_prompt_options, tokenize_input
-from att_report.recorder import (
+from att_report.capturing.heap import return_large_blocks_to_system
+from att_report.capturing.logprobs import TOP_ALTERNATIVES, CompletionScores, score_completion, tapping_final_hidden
+from att_report.capturing.models import LoadedModel, context_length, is_causal_config, load_model, model_facts
+from att_report.capturing.neurons import NeuronRecorder, check_neuron_count, layer_modules, recording_neurons
+from att_report.capturing.prompts import PromptTokens, check_prompt_options, tokenize_input
+from att_report.capturing.recorder import (
     AttentionSite,
     RecordingLog,
     eager_attention,
@@ -41,7 +40,7 @@ from att_report.recorder import (
     probe_attention,
     recording,
 )
-from att_report.saliency import saliency_maps
+from att_report.capturing.saliency import saliency_maps
 from att_report.store import LayerWriter, is_store, stored_shape, write_array, write_manifest
 from att_report.token_text import token_texts
 
@@ -392,13 +391,3 @@ def _software() -> dict[str, str]:
         "platform": sys.platform,
     }
 
-
-class _CallableModule(types.ModuleType):
-    """Importing this module rebinds the package attribute `att_report.capture` (the API function) to the module,
-    so the module forwards calls: `att_report.capture(...)` keeps working whichever was imported first."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Path:
-        return capture(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

