@@ -11,7 +11,7 @@ FORMAT_VERSION history:
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -135,6 +135,7 @@ class LayerWriter:
         self.causal = causal
         self.dtype = dtype
         self.files: list[dict[str, Any]] = []
+        self._open: np.ndarray | None = None
         (directory / LAYER_DIR).mkdir(parents=True, exist_ok=True)
 
     def write(self, attention: np.ndarray) -> None:
@@ -150,6 +151,30 @@ class LayerWriter:
         if packed.shape != expected or packed.dtype != np.dtype(self.dtype):
             raise StoreError(f"layer {len(self.files)} is {packed.dtype} {packed.shape}, expected {self.dtype} {expected}.")
         self.files.append(write_array(self.directory, layer_file_name(len(self.files)), packed))
+
+    def write_block(self, layer: int, head_start: int, row_start: int, weights: np.ndarray) -> None:
+        """Store float32 weights (h, r, T) of stored heads head_start.. and query rows row_start.. of `layer`.
+
+        The capture writes each layer as blocks covering every (head, row) once; `finish_layer` closes it."""
+        if layer != len(self.files):
+            raise StoreError(f"layer {layer} was written after {len(self.files)} layers; write layers in order.")
+        if self._open is None:
+            self._open = np.zeros(stored_shape(self.num_heads, self.num_tokens, self.causal), np.dtype(self.dtype))
+        heads = slice(head_start, head_start + weights.shape[0])
+        for offset in range(weights.shape[1]):
+            row = row_start + offset
+            if self.causal:
+                start = row * (row + 1) // 2
+                self._open[heads, start : start + row + 1] = weights[:, offset, : row + 1]
+            else:
+                self._open[heads, row] = weights[:, offset]
+
+    def finish_layer(self, layer: int) -> None:
+        """Write the layer assembled by `write_block` to its file."""
+        if self._open is None or layer != len(self.files):
+            raise StoreError(f"layer {layer} has no blocks to finish.")
+        packed, self._open = self._open, None
+        self.write_packed(packed)
 
     def attention_section(self) -> dict[str, Any]:
         """Describe the written layers for the manifest."""
@@ -228,9 +253,37 @@ class CaptureStore:
         entry = self.manifest["attention"]["files"][layer]
         return np.load(self.path / entry["path"], mmap_mode="r", allow_pickle=False)
 
-    def attention(self, layer: int) -> np.ndarray:
-        """Return one layer's attention as float32 of shape (heads, T, T)."""
-        return unpack_layer(self.stored_layer(layer), self.causal, self.num_tokens)
+    @property
+    def layer_indices(self) -> list[int]:
+        """The model's layers this store holds, in stored order."""
+        return list(range(self.num_layers))
+
+    @property
+    def head_indices(self) -> list[int]:
+        """The model's query heads this store holds for every stored layer, in stored order."""
+        return list(range(self.num_heads))
+
+    def attention(self, layer: int, heads: Sequence[int] | None = None, rows: slice | Sequence[int] | None = None
+                  ) -> np.ndarray:
+        """Return float32 (heads, rows, T) for the model's `layer`: the given heads (model head indices, default all
+        stored) and query rows (a slice or indices, default all), reading only those rows of the stored form."""
+        stored = self.stored_layer(layer)
+        head_positions = list(range(stored.shape[0])) if heads is None else [self._head_position(h) for h in heads]
+        row_list = np.arange(self.num_tokens)[rows if rows is not None else slice(None)]
+        size = self.num_tokens
+        result = np.zeros((len(head_positions), len(row_list), size), dtype=np.float32)
+        for out_row, row in enumerate(row_list.tolist()):
+            if self.causal:
+                start = row * (row + 1) // 2
+                result[:, out_row, : row + 1] = stored[head_positions, start : start + row + 1]
+            else:
+                result[:, out_row] = stored[head_positions, row]
+        return result
+
+    def _head_position(self, head: int) -> int:
+        if head not in self.head_indices:
+            raise StoreError(f"head {head} is not stored in {self.path}; it holds heads {self.head_indices}.")
+        return self.head_indices.index(head)
 
     def layers(self) -> Iterator[np.ndarray]:
         """Yield every layer's attention in order, one in memory at a time."""
