@@ -1,6 +1,7 @@
 """Firefox smoke test: a report's index and a chunk page open from file:// in Debian's firefox-esr, driven through
 WebDriver BiDi by tests/firefox/smoke.mjs (puppeteer-core, no downloaded browser): no network request, no console
-error, the observer view's data-weight within 1/510 of the store, and canvas export giving a PNG."""
+error, the observer view's data-weight within 1/510 of the store, and canvas export giving a PNG; and a notebook's
+inline report (the iframe srcdoc) opening on its layer and head, its links staying inside the frame."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import numpy as np
 import pytest
 
 import att_report
+from att_report.report.notebook import inline_report
 from synthetic import write_synthetic_store
 
 DRIVER = Path(__file__).resolve().parent / "firefox"
@@ -45,20 +47,29 @@ def test_report_pages_work_in_firefox(tmp_path: Path) -> None:
     firefox, node = _firefox_driver()
     write_synthetic_store(tmp_path / "store", TOKENS, prompt_length=8, num_layers=2, num_heads=3)
     report = att_report.render(tmp_path / "store", tmp_path / "report")
+    inline = tmp_path / "notebook.html"  # what a notebook page holds around a cell's output
+    inline.write_text("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>notebook</title></head><body>"
+                      + inline_report(tmp_path / "store", layer=1, head=2)._repr_html_() + "</body></html>\n",
+                      encoding="utf-8")
     done = subprocess.run([node, "smoke.mjs", firefox, str(report / "index.html"),
-                           str(report / "layer-00-heads-0-2.html"), str(TOKEN)],
+                           str(report / "layer-00-heads-0-2.html"), str(TOKEN), str(inline)],
                           cwd=DRIVER, capture_output=True, text=True, timeout=240,
                           env={**os.environ, "PUPPETEER_SKIP_DOWNLOAD": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     seen = json.loads(done.stdout.strip().splitlines()[-1])
 
-    for page in (seen["index"], seen["chunk"]):
+    for page in (seen["index"], seen["chunk"], seen["inline"]):
         assert page["consoleErrors"] == [] and page["pageErrors"] == [], page["url"]
         # data: and blob: are no network: Firefox itself may load a data: font; nothing else may be asked for.
         assert [url for url in page["requests"] if url.split(":", 1)[0] not in ("data", "blob")] == [], page["url"]
     assert "Firefox/" in seen["chunk"]["userAgent"]
-    truth = att_report.load(tmp_path / "store").attention(0)[int(seen["chunk"]["head"]), TOKEN]
-    assert len(seen["chunk"]["weights"]) == len(TOKENS)
-    assert np.abs(np.array(seen["chunk"]["weights"]) - truth).max() <= BOUND
+    store = att_report.load(tmp_path / "store")
+    for page, layer in ((seen["chunk"], 0), (seen["inline"], 1)):
+        truth = store.attention(layer)[int(page["head"]), TOKEN]
+        assert len(page["weights"]) == len(TOKENS)
+        assert np.abs(np.array(page["weights"]) - truth).max() <= BOUND
+    assert seen["inline"]["head"] == "2" and seen["inline"]["frameUrl"] == "about:srcdoc#section=L1-H0-2&head=2"
+    assert seen["inline"]["clickedUrl"] == "about:srcdoc" + seen["inline"]["clicked"]
+    assert seen["inline"]["parentUrl"] == inline.as_uri()
     for export in (seen["index"]["gridPng"], seen["chunk"]["matrixPng"]):
         assert export["head"] == PNG_SIGNATURE and export["size"] > 100 and export["name"].endswith(".png")

@@ -1,10 +1,12 @@
 // Open report pages from file:// in Debian's firefox-esr through WebDriver BiDi (puppeteer-core, never a downloaded
 // browser) and print, as one JSON line, what tests/test_firefox.py checks against the store.
-// Usage: node smoke.mjs FIREFOX INDEX_HTML CHUNK_HTML TOKEN_INDEX
+// Usage: node smoke.mjs FIREFOX INDEX_HTML CHUNK_HTML TOKEN_INDEX [INLINE_HTML]
+// INLINE_HTML: a page holding a notebook's inline report (an iframe srcdoc opened on a section and head).
 import puppeteer from 'puppeteer-core';
 import { pathToFileURL } from 'node:url';
 
-const [firefox, indexPath, chunkPath, token] = process.argv.slice(2);
+const [firefox, indexPath, chunkPath, token, inlinePath] = process.argv.slice(2);
+const tokenSelector = `[data-view="observer"] [data-index="${token}"]`;
 
 // Record every request, console error and page error of a page, and every file its scripts offer for download.
 async function open(browser, path) {
@@ -25,6 +27,18 @@ async function open(browser, path) {
   return { page, seen };
 }
 
+// Hover the token in a page or frame's observer view; give the selected head and every token's data-weight.
+async function observe(frame) {
+  await frame.waitForSelector(tokenSelector);
+  await frame.hover(tokenSelector);
+  await frame.waitForFunction((selector) => document.querySelector(selector).hasAttribute('data-weight'), {}, tokenSelector);
+  return {
+    head: await frame.$eval('[data-head][aria-pressed="true"]', (button) => button.getAttribute('data-head')),
+    weights: await frame.$$eval('[data-view="observer"] [data-index]',
+      (nodes) => nodes.map((node) => Number(node.getAttribute('data-weight')))),
+  };
+}
+
 // Click an export button and give what its download holds: name, first bytes, size.
 async function exported(page, selector) {
   await page.click(selector);
@@ -42,16 +56,26 @@ try {
   index.seen.gridPng = await exported(index.page, '[data-grid-export="png"]');
 
   const chunk = await open(browser, chunkPath);
-  const tokenSelector = `[data-view="observer"] [data-index="${token}"]`;
-  await chunk.page.waitForSelector(tokenSelector);
-  await chunk.page.hover(tokenSelector);
-  await chunk.page.waitForFunction((selector) => document.querySelector(selector).hasAttribute('data-weight'), {}, tokenSelector);
-  chunk.seen.head = await chunk.page.$eval('[data-head][aria-pressed="true"]', (button) => button.getAttribute('data-head'));
-  chunk.seen.weights = await chunk.page.$$eval('[data-view="observer"] [data-index]',
-    (nodes) => nodes.map((node) => Number(node.getAttribute('data-weight'))));
+  Object.assign(chunk.seen, await observe(chunk.page));
   chunk.seen.matrixPng = await exported(chunk.page, '[data-export="png"]');
   chunk.seen.userAgent = await chunk.page.evaluate(() => navigator.userAgent);
-  process.stdout.write(JSON.stringify({ index: index.seen, chunk: chunk.seen }) + '\n');
+  const result = { index: index.seen, chunk: chunk.seen };
+  if (inlinePath) {
+    const inline = await open(browser, inlinePath);
+    const frame = await (await inline.page.waitForSelector('iframe.att-report-inline')).contentFrame();
+    Object.assign(inline.seen, await observe(frame));
+    inline.seen.frameUrl = await frame.evaluate(() => location.href);
+    // Follow a link to another section: it must stay inside the frame.
+    const target = await frame.$$eval('a[href^="#section="]',
+      (links) => links.map((link) => link.getAttribute('href')).find((href) => href !== location.hash));
+    await frame.click(`a[href="${target}"]`);
+    await frame.waitForFunction((href) => location.hash === href, {}, target);
+    inline.seen.clicked = target;
+    inline.seen.clickedUrl = await frame.evaluate(() => location.href);
+    inline.seen.parentUrl = await inline.page.evaluate(() => location.href);
+    result.inline = inline.seen;
+  }
+  process.stdout.write(JSON.stringify(result) + '\n');
 } finally {
   await browser.close();
 }
