@@ -150,7 +150,8 @@ def test_executed_notebook_shows_the_report_inline_in_nbconvert_html(store_path:
         html_outputs = [output.data["text/html"] for output in cell.outputs if "text/html" in output.get("data", {})]
         assert len(html_outputs) == 1 and len(iframes_of(html_outputs[0])) == 1  # saved with the notebook
 
-    requests = _open_offline(page, _nbconvert_html(tmp_path / "inline.ipynb"))
+    converted = _nbconvert_html(tmp_path / "inline.ipynb")
+    requests = _open_offline(page, converted)
     frames = page.frame_locator("iframe.att-report-inline")
     store = att_report.load(store_path)
     for nth, (layer, expected_head) in enumerate([(0, None), (1, "2")]):
@@ -160,6 +161,13 @@ def test_executed_notebook_shows_the_report_inline_in_nbconvert_html(store_path:
         assert expected_head is None or head == expected_head
         truth = store.attention(layer)[int(head), 7]
         assert np.abs(np.array(weights) - truth).max() <= BOUND
+    # A link to another section opens it inside the frame; the notebook page stays where it is.
+    inline = next(frame for frame in page.frames if frame.url.startswith("about:srcdoc"))
+    target = inline.eval_on_selector_all('a[href^="#section="]', "links => links.map(link => "
+                                         "link.getAttribute('href')).find(href => href !== location.hash)")
+    inline.click(f'a[href="{target}"]')
+    inline.wait_for_function("href => location.hash === href", arg=target)
+    assert page.url == converted.as_uri()
     assert requests == []
 
 
