@@ -4,7 +4,6 @@ HTML opened in Chromium, where the iframe's observer view must give the store's 
 from __future__ import annotations
 
 import html.parser
-import os
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +73,7 @@ def test_over_the_budget_the_chosen_layer_page_is_shown(tmp_path: Path) -> None:
     budget = single.stat().st_size / 2 / 1e6  # the whole does not fit; one layer of four does
     report = inline_report(tmp_path / "long", layer=2, max_mb=budget)
     assert '<body data-layer="2" data-heads="0,1,2"' in report.page
-    assert "over" in report.title and "layer=" in report.title
+    assert report.title == "Layer 2 · heads 0–2 (the whole report is over " + f"{budget:g} MB)"
 
 
 def test_when_not_even_one_layer_fits_the_error_names_max_mb(store_path: Path) -> None:

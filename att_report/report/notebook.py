@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from att_report.errors import AttReportError, UsageError
-from att_report.report.chunks import Chunk, chunk_of, plan_chunks
+from att_report.report.chunks import chunk_of, plan_chunks
 from att_report.report.render import RenderOptions, render
 from att_report.report.templating import render_template
 from att_report.store import CaptureStore, load
@@ -41,26 +41,36 @@ def inline_report(store_or_path: CaptureStore | str | Path, layer: int | None = 
     store = store_or_path if isinstance(store_or_path, CaptureStore) else load(store_or_path)
     _check_choice(store, layer, head)
     grid = plan_chunks(store.num_layers, store.num_heads, "none")
-    position = store.layer_indices.index(layer) if layer is not None else 0
-    chunk = chunk_of(grid, position, head if head is not None else 0)
+    chunk = chunk_of(grid, 0 if layer is None else store.layer_indices.index(layer), head or 0)
     with tempfile.TemporaryDirectory(prefix="att-report-inline-") as scratch:
-        single = Path(scratch) / "report.html"
-        try:
-            render(store.path, single, RenderOptions(single_file=True, single_file_mb=max_mb))
-        except UsageError:  # the whole report is over the budget: show one layer's page instead
-            folder = Path(scratch) / "report"
-            try:
-                render(store.path, folder, RenderOptions(max_file_mb=max_mb))
-            except UsageError as error:
-                raise UsageError(f"the report is over max_mb={max_mb:g} MB even one layer at a time ({error}); "
-                                 "pass a larger max_mb.") from None
-            page = (folder / chunk.name).read_text(encoding="utf-8")
-            return InlineReport(_opened_at(page, _query(None, head)), f"{chunk.title} (the whole report is over "
-                                f"{max_mb:g} MB; pass layer= for another)", height)
-        page = single.read_text(encoding="utf-8")
-    key = None if layer is None and head is None else chunk.key
-    return InlineReport(_opened_at(page, _query(key, head)), f"{store.manifest['model']['name']} · "
-                        f"{store.num_layers} layers × {store.num_heads} heads", height)
+        whole = _single_file(store, Path(scratch) / "report.html", max_mb)
+        if whole is not None:
+            key = None if layer is None and head is None else chunk.key
+            title = f"{store.manifest['model']['name']} · {store.num_layers} layers × {store.num_heads} heads"
+            return InlineReport(_opened_at(whole, _query(key, head)), title, height)
+        page = _layer_page(store, Path(scratch) / "report", chunk.name, max_mb)
+    return InlineReport(_opened_at(page, _query(None, head)), f"{chunk.title} (the whole report is over {max_mb:g} "
+                        "MB)", height)
+
+
+def _single_file(store: CaptureStore, output: Path, max_mb: float) -> str | None:
+    """The single-file report, or None when it would be over `max_mb` (render refuses it before writing)."""
+    try:
+        render(store.path, output, RenderOptions(single_file=True, single_file_mb=max_mb))
+    except UsageError:
+        return None
+    return output.read_text(encoding="utf-8")
+
+
+def _layer_page(store: CaptureStore, folder: Path, name: str, max_mb: float) -> str:
+    """One page of the report folder, pages at most `max_mb` each (a chunk over it is split; `name` is its first
+    file)."""
+    try:
+        render(store.path, folder, RenderOptions(max_file_mb=max_mb))
+    except UsageError as error:
+        raise UsageError(f"the report is over max_mb={max_mb:g} MB even one layer at a time ({error}); "
+                         "pass a larger max_mb.") from None
+    return (folder / name).read_text(encoding="utf-8")
 
 
 def store_html(store: CaptureStore) -> str:
