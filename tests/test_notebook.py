@@ -102,7 +102,6 @@ def _execute(notebook: Any, path: Path) -> Any:
     import nbformat
     from nbclient import NotebookClient
 
-    pytest.importorskip("ipykernel")
     NotebookClient(notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(REPO)}}).execute()
     nbformat.write(notebook, path)
     return nbformat.read(path, as_version=4)
@@ -127,13 +126,15 @@ def _observer_weights(frame: Any, index: int) -> tuple[str, list[float]]:
 
 
 def _open_offline(page: Any, path: Path) -> list[str]:
-    """Open a file with every network request refused (nbconvert's page itself names CDN scripts); return the
-    requests the report iframes made, which must be none."""
-    iframe_requests: list[str] = []
+    """Open a file with every network request refused (nbconvert's page itself names CDN scripts); return what the
+    report iframes asked for or logged as an error, which must be nothing."""
+    from_frames: list[str] = []
     page.route("**/*", lambda route: route.continue_() if route.request.url.startswith("file:") else route.abort())
-    page.on("request", lambda request: request.frame != page.main_frame and iframe_requests.append(request.url))
+    page.on("request", lambda request: request.frame != page.main_frame and from_frames.append(request.url))
+    page.on("console", lambda message: message.type == "error" and message.location.get("url") == "about:srcdoc"
+            and from_frames.append(message.text))
     page.goto(path.as_uri())
-    return iframe_requests
+    return from_frames
 
 
 @pytest.mark.browser
@@ -150,7 +151,7 @@ def test_executed_notebook_shows_the_report_inline_in_nbconvert_html(store_path:
         assert len(html_outputs) == 1 and len(iframes_of(html_outputs[0])) == 1  # saved with the notebook
 
     converted = _nbconvert_html(tmp_path / "inline.ipynb")
-    requests = _open_offline(page, converted)
+    problems = _open_offline(page, converted)
     frames = page.frame_locator("iframe.att-report-inline")
     store = att_report.load(store_path)
     for nth, (layer, expected_head) in enumerate([(0, None), (1, "2")]):
@@ -167,7 +168,7 @@ def test_executed_notebook_shows_the_report_inline_in_nbconvert_html(store_path:
     inline.click(f'a[href="{target}"]')
     inline.wait_for_function("href => location.hash === href", arg=target)
     assert page.url == converted.as_uri()
-    assert requests == []
+    assert problems == []
 
 
 @pytest.mark.browser
@@ -180,11 +181,11 @@ def test_a_capture_from_a_model_in_memory_shows_inline(tmp_path: Path, page: Any
         "tokenizer=tokenizer, max_new_tokens=4, progress=False)\natt_report.show(path)",
     ]), tmp_path / "model.ipynb")
     assert not [output for cell in notebook.cells for output in cell.outputs if output.output_type == "error"]
-    requests = _open_offline(page, _nbconvert_html(tmp_path / "model.ipynb"))
+    problems = _open_offline(page, _nbconvert_html(tmp_path / "model.ipynb"))
     frame = page.frame_locator("iframe.att-report-inline").first
     frame.locator('[data-view="observer"] [data-index]').first.wait_for()
     store = att_report.load(tmp_path / "fox")
     last = store.num_tokens - 1
     head, weights = _observer_weights(frame, last)
     assert np.abs(np.array(weights) - store.attention(0)[int(head), last]).max() <= BOUND
-    assert requests == []
+    assert problems == []
