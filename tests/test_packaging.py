@@ -12,6 +12,8 @@ import textwrap
 import zipfile
 from pathlib import Path
 
+import pytest
+
 import att_report
 from synthetic import write_synthetic_store
 
@@ -19,8 +21,11 @@ ROOT = Path(__file__).resolve().parents[1]
 TOKENS = ["The", " cat", " sat", " on", " the", " mat", ".", " It", " slept"]
 
 
-def _build(into: Path) -> tuple[Path, Path]:
-    """Build the sdist, then the wheel from it (what `python -m build` does); offline when hatchling is at hand."""
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Build the sdist, then the wheel from it (what `python -m build` does), once; offline when hatchling is at
+    hand."""
+    into = tmp_path_factory.mktemp("dist")
     isolation = ["--no-isolation"] if importlib.util.find_spec("hatchling") else []
     subprocess.run([sys.executable, "-m", "build", *isolation, "--outdir", str(into), str(ROOT)],
                    check=True, capture_output=True, timeout=300)
@@ -34,8 +39,8 @@ def _metadata(wheel: Path) -> str:
         return archive.read(name).decode("utf-8")
 
 
-def test_sdist_and_wheel_carry_metadata_license_and_changelog(tmp_path: Path) -> None:
-    sdist, wheel = _build(tmp_path / "dist")
+def test_sdist_and_wheel_carry_metadata_license_and_changelog(built: tuple[Path, Path]) -> None:
+    sdist, wheel = built
     with tarfile.open(sdist) as archive:
         names = {name.split("/", 1)[1] for name in archive.getnames() if "/" in name}
     assert {"LICENSE", "CHANGELOG.md", "README.md", "pyproject.toml", "templates/chunk.html", "js/chunk.js",
@@ -49,8 +54,8 @@ def test_sdist_and_wheel_carry_metadata_license_and_changelog(tmp_path: Path) ->
         assert line in metadata
 
 
-def test_an_sdist_install_renders_as_the_checkout_does(tmp_path: Path) -> None:
-    sdist, _ = _build(tmp_path / "dist")
+def test_an_sdist_install_renders_as_the_checkout_does(built: tuple[Path, Path], tmp_path: Path) -> None:
+    sdist, _ = built
     venv = tmp_path / "venv"
     # The venv sees this interpreter's packages (numpy, jinja2, orjson, pip, hatchling) but gets att_report from
     # the sdist, built there into a wheel and installed.
