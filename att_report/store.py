@@ -247,6 +247,12 @@ class CaptureStore:
     def attention_dtype(self) -> str:
         return str(self.manifest["attention"]["dtype"])
 
+    def _repr_html_(self) -> str:
+        """Show the report inline when a store is the last expression of a Jupyter cell."""
+        from att_report.report.notebook import store_html  # the report package builds on the store, not the reverse
+
+        return store_html(self)
+
     def stored_layer(self, layer: int) -> np.ndarray:
         """Open one layer as stored (packed, float16 or float32), memory-mapped."""
         self._check_layer_index(layer)
