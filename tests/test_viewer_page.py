@@ -123,8 +123,9 @@ def test_one_json_payload_holds_the_tokens(single: Walk) -> None:
     assert data["special"] == []
     assert data["sections"] == [{
         "key": "L03-H0-2", "title": "Layer 3 · heads 0–2", "layer": "3", "heads": "0,1,2", "payload": "att-payload-0",
-        "headCount": 3, "rowStart": 0, "rowCount": 12,
+        "headCount": 3, "rowStart": 0, "rowCount": 12, "reading": "attention",
     }]
+    assert data["opening"] == "L03-H0-2"
 
 
 def test_matrix_payload_decodes_to_the_attention(single: Walk, attention: np.ndarray) -> None:
