@@ -256,6 +256,72 @@ def test_rollout_page_shows_the_rollout_of_each_layer(page: Any, llama: tuple[Ca
 
 
 @pytest.mark.browser
+def test_rollout_page_opens_at_the_last_layer(page: Any, llama: tuple[CaptureStore, Path]) -> None:
+    store, report = llama
+    rollouts, last, query = residual_rollout(store), store.num_layers - 1, store.num_tokens - 1
+    assert np.abs(rollouts[last][query] - rollouts[0][query]).max() > 4 * ERROR_BOUND  # opening at 0 would fail
+    open_report_page(page, report, "rollout.html", "body[data-shown]")
+    assert page.get_attribute("body", "data-shown") == f"rollout-L{last}" and page.get_attribute("body", "data-layer") == str(last)
+    assert page.input_value("[data-section-select]") == f"rollout-L{last}"
+    hover(page, "observer", query)
+    assert np.abs(numbers(weights(page, "observer")) - rollouts[last][query]).max() <= ERROR_BOUND + SLACK
+    assert_clean(page)
+
+
+def shown_options(page: Any) -> set[str]:
+    """The scale options a reader can see."""
+    return set(page.eval_on_selector_all("[data-option]", "els => els.filter(e => e.getClientRects().length)"
+                                                          ".map(e => e.dataset.option)"))
+
+
+ATTENTION_WORDS = ("attended", "(the query) gives weight", "the tokens they attend to")
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("name, words, options", [
+    ("rollout.html", "representation after this layer draws on", {"row-max", "ignore-sink"}),
+    ("saliency.html", "share of the gradient of", {"row-max"}),
+    ("layer-00-heads-0-3.html", "how much it attended to", {"row-max", "ignore-sink"}),
+])
+def test_each_page_says_what_its_matrices_are(page: Any, llama: tuple[CaptureStore, Path], name: str, words: str,
+                                              options: set[str]) -> None:
+    """Rollout and saliency are not attention: their pages say what they are, and offer only the options that apply
+    (saliency has no attention sink to ignore)."""
+    _, report = llama
+    open_report_page(page, report, name, "body[data-shown]")
+    text = page.inner_text("main")  # what a reader sees: hidden elements are left out
+    assert words in text
+    if name != "layer-00-heads-0-3.html":
+        assert not [phrase for phrase in ATTENTION_WORDS if phrase in text]
+    assert shown_options(page) == options
+    assert_clean(page)
+
+
+@pytest.mark.browser
+def test_single_file_offers_each_section_its_own_options(page: Any, llama: tuple[CaptureStore, Path]) -> None:
+    """One page holds attention, rollout and saliency: the words and options follow the section shown, and an option
+    a section does not offer stops applying there."""
+    store, report = llama
+    single = render(store.path, report.parent / "single" / "report.html", att_report.RenderOptions(single_file=True))
+    open_report_page(page, single.parent, single.name, "body[data-shown]")
+    assert shown_options(page) == {"row-max", "ignore-sink"}
+    page.check('[data-option="ignore-sink"]')
+    hover(page, "observer", store.num_tokens - 1)
+    excluded = "els => els.filter(e => e.classList.contains('att-excluded')).map(e => Number(e.dataset.index))"
+    assert page.eval_on_selector_all('[data-view="observer"] [data-index]', excluded) == [0]
+    show_section(page, "saliency-grad-norm")
+    assert shown_options(page) == {"row-max"} and "share of the gradient of" in page.inner_text("main")
+    hover(page, "observer", store.num_tokens - 2)
+    assert page.eval_on_selector_all('[data-view="observer"] [data-index]', excluded) == []
+    assert page.is_hidden("[data-legend-sink]")
+    show_section(page, f"rollout-L{store.num_layers - 1}")
+    assert shown_options(page) == {"row-max", "ignore-sink"} and page.is_checked('[data-option="ignore-sink"]')
+    hover(page, "observer", store.num_tokens - 1)
+    assert page.eval_on_selector_all('[data-view="observer"] [data-index]', excluded) == [0]
+    assert_clean(page)
+
+
+@pytest.mark.browser
 @pytest.mark.parametrize("kind", ["grad_norm", "grad_x_input"])
 def test_saliency_page_shows_row_shares(page: Any, llama: tuple[CaptureStore, Path], kind: str) -> None:
     store, report = llama
