@@ -152,6 +152,45 @@ def assert_neuron_unit(page: Any, store: CaptureStore, layer: int, slot: int) ->
     assert np.abs(neuron_values(page) - expected).max() <= bound + 1e-6
 
 
+def luminance(rgb: tuple[int, ...]) -> float:
+    """WCAG 2 relative luminance of an sRGB colour."""
+    linear = [c / 255 / 12.92 if c / 255 <= 0.04045 else ((c / 255 + 0.055) / 1.055) ** 2.4 for c in rgb]
+    return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+
+def contrast(css_a: str, css_b: str) -> float:
+    """WCAG 2 contrast ratio of two computed CSS colours, 'rgb(r, g, b)'."""
+    a, b = (luminance(tuple(int(part) for part in re.findall(r"\d+", css)[:3])) for css in (css_a, css_b))
+    return (max(a, b) + 0.05) / (min(a, b) + 0.05)
+
+
+@pytest.mark.browser
+def test_neuron_text_is_readable_on_every_colour(page: Any, tmp_path: Path) -> None:
+    """Each token's text keeps WCAG AA contrast (4.5:1) on its background, from white to the darkest blue and red, and
+    special tokens stay marked by an outline in their text colour."""
+    count = 24
+    tokens = ["<s>"] + [f" w{i}" for i in range(1, count - 1)] + ["</s>"]
+    special = [i in (0, 5, 12, 18, count - 1) for i in range(count)]
+    ramp = np.linspace(-1, 1, count)  # unit 0: every shade of both colours; unit 1: the reverse
+    values = np.stack([np.stack([ramp, -ramp], axis=1)] * 2).astype(np.float32)
+    write_synthetic_store(tmp_path / "capture", tokens, prompt_length=count - 4, special=special,
+                          neurons=(np.array([[3, 9], [3, 9]]), values))
+    report = render(tmp_path / "capture", tmp_path / "report")
+    open_report_page(page, report, "neurons.html", "body[data-ready]")
+    read = ("els => els.map(e => { const s = getComputedStyle(e); "
+            "return [s.color, s.backgroundColor, s.outlineStyle, s.outlineColor, e.classList.contains('att-special')]; })")
+    for slot in ("0", "1"):
+        page.select_option("[data-neuron-unit]", slot)
+        shown = page.eval_on_selector_all("[data-neuron-text] [data-index]", read)
+        backgrounds = {background for _, background, *_ in shown}
+        assert "rgb(37, 99, 235)" in backgrounds and "rgb(220, 38, 38)" in backgrounds and len(backgrounds) == count
+        ratios = [contrast(colour, background) for colour, background, *_ in shown]
+        assert min(ratios) >= 4.5, [(tokens[i], shown[i][:2]) for i, ratio in enumerate(ratios) if ratio < 4.5]
+        outlined = [(style, colour == outline) for colour, _, style, outline, is_special in shown if is_special]
+        assert outlined == [("dashed", True)] * sum(special)
+    assert_clean(page)
+
+
 class Tree(Walk):
     """Walk that also records each element's parent, to read nested structures (table rows, heatmap rows)."""
 
