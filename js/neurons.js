@@ -110,7 +110,6 @@ window.attReport = window.attReport || {};
     if (!height) return;
     canvas.width = width;
     canvas.height = height;
-    canvas.style.width = Math.min(1200, Math.max(width * 12, 240)) + 'px';
     canvas.style.height = height * CELL_HEIGHT + 'px';
     var context = canvas.getContext('2d'), image = context.createImageData(width, height);
     for (var k = 0; k < height; k++) {
