@@ -506,6 +506,21 @@ def test_metrics_table_and_heatmaps_link_to_the_page_of_each_head(synthetic: tup
 
 
 @pytest.mark.browser
+def test_thumbnail_grid_uses_the_page_width(page: Any, synthetic: tuple[CaptureStore, Path]) -> None:
+    """The grid of every layer x head spans its panel, with square thumbnails larger than their 12 cells."""
+    store, report = synthetic
+    open_report_page(page, report, "index.html", "body[data-grid-ready]")
+    wrap = page.eval_on_selector(".att-grid-wrap", "e => e.clientWidth")
+    grid = page.eval_on_selector("[data-grid]", "e => e.getBoundingClientRect().width")
+    sizes = page.eval_on_selector_all("canvas[data-thumb]", "els => els.map(e => { const r = e.getBoundingClientRect(); "
+                                                            "return [Math.round(r.width), Math.round(r.height)]; })")
+    assert len(sizes) == store.num_layers * store.num_heads and len({tuple(size) for size in sizes}) == 1
+    width, height = sizes[0]
+    assert grid >= 0.98 * wrap and width == height and width >= (wrap - 100) / store.num_heads - 8
+    assert_clean(page)
+
+
+@pytest.mark.browser
 def test_metrics_table_sorts_by_a_clicked_column(page: Any, synthetic: tuple[CaptureStore, Path]) -> None:
     _, report = synthetic
     open_report_page(page, report, "index.html", "body[data-grid-ready]")
