@@ -35,33 +35,25 @@ class Reading:
     controls: tuple[str, ...]  # the data-option values offered
 
 
-def reading(name: str, causal: bool) -> Reading:
-    """The reading of matrices of kind `name` over a causal or bidirectional token sequence."""
-    earlier, later = ("earlier ", "later ") if causal else ("", "")
-    return _READINGS[name](earlier, later)
-
-
-def _attention(earlier: str, later: str) -> Reading:
-    return Reading(
-        ATTENTION,
-        {"observer": f"Hover a token: how much it attended to each {earlier}token (its row).",
-         "observed": f"Hover a token: how much each {later}token attended to it (its column).",
+# Per reading: the panels' help ({earlier} and {later} read "earlier " and "later " over causal tokens, else nothing),
+# the guide's first entries, and the scale options offered.
+_WORDS: dict[str, tuple[dict[str, str], tuple[tuple[str, str], ...], tuple[str, ...]]] = {
+    ATTENTION: (
+        {"observer": "Hover a token: how much it attended to each {earlier}token (its row).",
+         "observed": "Hover a token: how much each {later}token attended to it (its column).",
          "matrix": "Query tokens top to bottom, the tokens they attend to left to right."},
-        (("“token a → token b: w”", "token a (the query) gives weight w to token b (the key); a row of weights sums to 1."),
-         ("Colour", "Row-max scaling colours each weight relative to the largest one shown; without it, 1 is full colour. "
-                    "Ignoring the first token (an attention sink takes much of most rows) leaves it uncoloured and "
-                    "scales the rest as shares of the weight left after it. The numbers are never scaled.")),
+        (("“token a → token b: w”", "token a (the query) gives weight w to token b (the key); a row of weights sums "
+                                   "to 1."),
+         ("Colour", "Row-max scaling colours each weight relative to the largest one shown; without it, 1 is full "
+                    "colour. Ignoring the first token (an attention sink takes much of most rows) leaves it uncoloured "
+                    "and scales the rest as shares of the weight left after it. The numbers are never scaled.")),
         (ROW_MAX, IGNORE_SINK),
-    )
-
-
-def _rollout(earlier: str, later: str) -> Reading:
-    return Reading(
-        ROLLOUT,
-        {"observer": f"Hover a token: how much its representation after this layer draws on each {earlier}input token "
+    ),
+    ROLLOUT: (
+        {"observer": "Hover a token: how much its representation after this layer draws on each {earlier}input token "
                      "(its row).",
-         "observed": f"Hover a token: how much each {later}token's representation after this layer draws on it "
-                     "(its column).",
+         "observed": "Hover a token: how much each {later}token's representation after this layer draws on it (its "
+                     "column).",
          "matrix": "Tokens after this layer top to bottom, the input tokens they draw on left to right."},
         (("“token a → token b: w”", "after this layer, a share w of token a's representation traces back to input "
                                    "token b, through every layer's attention so far, each mixed half and half with the "
@@ -71,16 +63,12 @@ def _rollout(earlier: str, later: str) -> Reading:
                     "forward); ignoring it leaves it uncoloured and scales the rest as shares of what is left after "
                     "it. The numbers are never scaled.")),
         (ROW_MAX, IGNORE_SINK),
-    )
-
-
-def _saliency(earlier: str, later: str) -> Reading:
-    return Reading(
-        SALIENCY,
-        {"observer": f"Hover a completion token: each {earlier}token's share of the gradient of its log-probability "
+    ),
+    SALIENCY: (
+        {"observer": "Hover a completion token: each {earlier}token's share of the gradient of its log-probability "
                      "(its row; prompt tokens have none).",
-         "observed": f"Hover a token: its share of the gradient of each {later}completion token's log-probability "
-                     "(its column).",
+         "observed": "Hover a token: its share of the gradient of each {later}completion token's log-probability (its "
+                     "column).",
          "matrix": "Completion tokens top to bottom, the input tokens their log-probability is sensitive to left to "
                    "right; prompt rows are empty."},
         (("“token a → token b: w”", "token b's input embedding carries the share w of the gradient of token a's "
@@ -89,10 +77,15 @@ def _saliency(earlier: str, later: str) -> Reading:
          ("Colour", "Row-max scaling colours each share relative to the largest one of the row; without it, 1 is full "
                     "colour. The numbers are never scaled.")),
         (ROW_MAX,),
-    )
+    ),
+}
 
 
-_READINGS = {ATTENTION: _attention, ROLLOUT: _rollout, SALIENCY: _saliency}
+def reading(name: str, causal: bool) -> Reading:
+    """The reading of matrices of kind `name` over a causal or bidirectional token sequence."""
+    helps, guide, controls = _WORDS[name]
+    order = {"earlier": "earlier " if causal else "", "later": "later " if causal else ""}
+    return Reading(name, {panel: text.format(**order) for panel, text in helps.items()}, guide, controls)
 
 
 @dataclass(frozen=True)
