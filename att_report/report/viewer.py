@@ -84,10 +84,12 @@ class ChunkPage:
 
     @property
     def observer_help(self) -> str:
+        """The observer view's help for the opening section (a comparison page reuses it)."""
         return self.readings[0].helps["observer"]
 
     @property
     def observed_help(self) -> str:
+        """The observed view's help for the opening section (a comparison page reuses it)."""
         return self.readings[0].helps["observed"]
 
 
@@ -106,7 +108,10 @@ def chunk_page(
     The page opens at section `opening` (a key), else at the first."""
     _check_text(text)
     _check_sections(text, sections)
-    opened = next((section for section in sections if section.key == opening), sections[0])
+    opened = next((section for section in sections if section.key == (opening or sections[0].key)), None)
+    if opened is None:
+        raise UsageError(f"A chunk page was asked to open at section {opening!r}, which it does not hold; pass the key "
+                         f"of one of its sections ({', '.join(section.key for section in sections)}).")
     views = tuple(_section_view(position, section, text) for position, section in enumerate(sections))
     readings = page_readings([opened.reading] + [section.reading for section in sections], text.causal)
     data = {
