@@ -12,7 +12,6 @@ window.attReport = window.attReport || {};
     this.current = null;
     this.choice = null;
     this.request = 0;
-    this.options = { rowMax: false, ignoreSink: false };
     var page = this;
     data.sections.forEach(function (section) { page.sections[section.key] = section; });
     this.observer = new ns.TextView(find(root, '[data-view="observer"]'), find(root, '[data-status="observer"]'), data, 'observer');
@@ -56,12 +55,29 @@ window.attReport = window.attReport || {};
       var owner = element.hasAttribute('data-section-heads') ? 'data-section-heads' : 'data-rows-note';
       element.hidden = element.getAttribute(owner) !== key;
     });
+    this.showReading(this.current.meta.reading);
     var select = find(this.root, '[data-section-select]');
     if (select) select.value = key;
     document.body.setAttribute('data-layer', this.current.meta.layer);
     document.body.setAttribute('data-heads', this.current.meta.heads);
     this.selectHead(this.headButton(head) || this.headButtons()[0]);
     document.body.setAttribute('data-shown', key);
+  };
+
+  /* Say what the shown matrices are, and offer only the scale options that make sense for them. */
+  proto.showReading = function (reading) {
+    this.root.querySelectorAll('[data-reading]').forEach(function (element) {
+      element.hidden = element.getAttribute('data-reading') !== reading;
+    });
+    this.root.querySelectorAll('[data-readings]').forEach(function (element) {
+      element.hidden = element.getAttribute('data-readings').split(' ').indexOf(reading) < 0;
+    });
+  };
+
+  /* Whether scale option `option` is on and offered for the shown section. */
+  proto.optionOn = function (option) {
+    var input = find(this.root, '[data-option="' + option + '"]');
+    return Boolean(input && input.checked && !input.closest('[hidden]'));
   };
 
   proto.headButtons = function () {
@@ -79,11 +95,18 @@ window.attReport = window.attReport || {};
     this.refresh();
   };
 
-  /* Hand the current section, head choice and scale to every view. */
+  /* Hand the current section, head choice and scale (the options offered for it) to every view; the legend names
+     the scale in use. */
   proto.refresh = function () {
     var slot = this.choice.getAttribute('data-slot'), count = this.current.meta.headCount, slots = [];
     if (slot === 'mean') for (var h = 0; h < count; h++) slots.push(h); else slots.push(Number(slot));
-    var source = { data: this.current.data, slots: slots, divisor: ns.QUANT_LEVELS * slots.length, options: this.options };
+    var options = { rowMax: this.optionOn('row-max'), ignoreSink: this.optionOn('ignore-sink') };
+    var scale = options.rowMax ? 'row' : 'one';
+    this.root.querySelectorAll('[data-legend-scale]').forEach(function (element) {
+      element.hidden = element.getAttribute('data-legend-scale') !== scale;
+    });
+    find(this.root, '[data-legend-sink]').hidden = !options.ignoreSink;
+    var source = { data: this.current.data, slots: slots, divisor: ns.QUANT_LEVELS * slots.length, options: options };
     this.observer.setSource(source);
     this.observed.setSource(source);
     this.matrix.setSource(source);
@@ -104,23 +127,11 @@ window.attReport = window.attReport || {};
       if (format && page.current) page.exportMatrix(format.getAttribute('data-export'));
     });
     this.root.addEventListener('change', function (event) {
-      var option = event.target.getAttribute('data-option');
-      if (option) page.setOption(option, event.target.checked);
+      if (event.target.hasAttribute('data-option') && page.current) page.refresh();
       if (event.target.hasAttribute('data-section-select')) page.showSection(event.target.value, null);
     });
     document.addEventListener('keydown', function (event) { page.onKey(event); });
     window.addEventListener('hashchange', function () { page.openFragment(); });
-  };
-
-  /* Turn a scale option on or off: 'row-max' or 'ignore-sink'; the legend names the scale in use. */
-  proto.setOption = function (option, on) {
-    this.options[option === 'row-max' ? 'rowMax' : 'ignoreSink'] = on;
-    var scale = this.options.rowMax ? 'row' : 'one';
-    this.root.querySelectorAll('[data-legend-scale]').forEach(function (element) {
-      element.hidden = element.getAttribute('data-legend-scale') !== scale;
-    });
-    find(this.root, '[data-legend-sink]').hidden = !this.options.ignoreSink;
-    if (this.current) this.refresh();
   };
 
   var KEYS = { ArrowLeft: -1, ArrowRight: 1 };
@@ -145,7 +156,7 @@ window.attReport = window.attReport || {};
   proto.openFragment = function () {
     var params = new URLSearchParams(location.hash.slice(1));
     var key = params.get('section');
-    if (!(key in this.sections)) key = this.current ? this.current.meta.key : this.data.sections[0].key;
+    if (!(key in this.sections)) key = this.current ? this.current.meta.key : this.data.opening;
     this.showSection(key, params.get('head'));
     if (params.get('section') === key) this.root.scrollIntoView();
   };
@@ -154,9 +165,6 @@ window.attReport = window.attReport || {};
     var root = document.querySelector('[data-viewer]');
     var data = ns.expandTokenData(JSON.parse(document.getElementById('att-data').textContent));
     ns.page = new ns.ChunkPage(root, data);
-    root.querySelectorAll('[data-option]').forEach(function (input) {
-      ns.page.setOption(input.getAttribute('data-option'), input.checked);
-    });
     ns.page.openFragment();
   });
 })(window.attReport);

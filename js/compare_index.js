@@ -1,4 +1,4 @@
-/* The compare index: colour the divergence heatmap; sort the ranking table by a clicked column header. */
+/* The compare index: colour the divergence heatmap (tables.js sorts the ranking and shows all of it on demand). */
 window.attReport = window.attReport || {};
 
 (function (ns) {
@@ -15,29 +15,9 @@ window.attReport = window.attReport || {};
     });
   };
 
-  /* Sort the rows by the numbers (data-value) of column `header`: ascending first, reversed on the next click. */
-  ns.sortTable = function (table, header) {
-    var column = Number(header.getAttribute('data-sort'));
-    var order = header.getAttribute('aria-sort') === 'ascending' ? -1 : 1;
-    var body = table.tBodies[0], rows = Array.prototype.slice.call(body.rows);
-    function value(row, at) { return Number(row.cells[at].getAttribute('data-value')); }
-    rows.sort(function (x, y) { return order * (value(x, column) - value(y, column)) || value(x, 0) - value(y, 0); });
-    rows.forEach(function (row) { body.appendChild(row); });
-    table.querySelectorAll('th[data-sort]').forEach(function (th) {
-      if (th === header) th.setAttribute('aria-sort', order > 0 ? 'ascending' : 'descending');
-      else th.removeAttribute('aria-sort');
-    });
-  };
-
   document.addEventListener('DOMContentLoaded', function () {
-    var heatmap = document.querySelector('[data-heatmap]'), ranking = document.querySelector('[data-ranking]');
+    var heatmap = document.querySelector('[data-heatmap]');
     if (heatmap) ns.paintHeatmap(heatmap);
-    if (ranking) {
-      ranking.addEventListener('click', function (event) {
-        var header = event.target.closest('th[data-sort]');
-        if (header) ns.sortTable(ranking, header);
-      });
-    }
     document.body.setAttribute('data-ready', 'true');
   });
 })(window.attReport);

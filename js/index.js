@@ -126,25 +126,6 @@ window.attReport = window.attReport || {};
     line.setAttribute('data-shown-index', index);
   };
 
-  /* Sort the metrics table by a clicked column: descending first, ascending on a second click. */
-  ns.sortTable = function (table, header) {
-    var column = Number(header.getAttribute('data-sort-column'));
-    var descending = header.getAttribute('aria-sort') !== 'descending';
-    table.querySelectorAll('th[aria-sort]').forEach(function (th) { th.removeAttribute('aria-sort'); });
-    header.setAttribute('aria-sort', descending ? 'descending' : 'ascending');
-    var body = table.tBodies[0], rows = Array.prototype.slice.call(body.rows);
-    rows.sort(function (a, b) {
-      var x = Number(a.cells[column].getAttribute('data-sort')), y = Number(b.cells[column].getAttribute('data-sort'));
-      return descending ? y - x : x - y;
-    });
-    rows.forEach(function (row) { body.appendChild(row); });
-  };
-
-  document.addEventListener('click', function (event) {
-    var header = event.target.closest('[data-metrics-table] th[data-sort-column]');
-    if (header) ns.sortTable(header.closest('table'), header);
-  });
-
   async function start() {
     var root = document.querySelector('[data-grid]'), payload = document.getElementById('att-thumbnails');
     if (!root || !payload) return;

@@ -16,6 +16,31 @@ window.attReport = window.attReport || {};
     return [0, 1, 2].map(function (c) { return Math.round(255 + (end[c] - 255) * t); });
   }
 
+  /* WCAG relative luminance of an sRGB colour [r, g, b] in 0..255. */
+  function luminance(rgb) {
+    var linear = rgb.map(function (c) {
+      c /= 255;
+      return c <= 0.04045 ? c / 12.92 : Math.pow((c + 0.055) / 1.055, 2.4);
+    });
+    return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2];
+  }
+
+  function contrast(a, b) {
+    var x = luminance(a), y = luminance(b);
+    return (Math.max(x, y) + 0.05) / (Math.min(x, y) + 0.05);
+  }
+
+  /* The text colour for a token on `background`: its own (`preferred`) while that stays readable (WCAG AA, 4.5:1),
+     else black or white, whichever contrasts more (at least 4.58:1 on any background). */
+  ns.readableInk = function (background, preferred) {
+    if (contrast(preferred, background) >= 4.5) return preferred;
+    return contrast([0, 0, 0], background) >= contrast([255, 255, 255], background) ? [0, 0, 0] : [255, 255, 255];
+  };
+
+  function parseRgb(css) {
+    return css.match(/\d+/g).slice(0, 3).map(Number);
+  }
+
   ns.NeuronPage = function (root, data, bytes) {
     this.root = root;
     this.data = data;
@@ -38,6 +63,7 @@ window.attReport = window.attReport || {};
     this.elements = ns.buildTokens(root.querySelector('[data-neuron-text]'), data);
     var elements = this.elements;
     (data.breaks || []).forEach(function (i) { elements[i].classList.add('att-gap'); });
+    this.inks = elements.map(function (element) { return parseRgb(getComputedStyle(element).color); });
     this.listen();
   };
 
@@ -84,7 +110,6 @@ window.attReport = window.attReport || {};
     if (!height) return;
     canvas.width = width;
     canvas.height = height;
-    canvas.style.width = Math.min(1200, Math.max(width * 12, 240)) + 'px';
     canvas.style.height = height * CELL_HEIGHT + 'px';
     var context = canvas.getContext('2d'), image = context.createImageData(width, height);
     for (var k = 0; k < height; k++) {
@@ -97,18 +122,21 @@ window.attReport = window.attReport || {};
     context.putImageData(image, 0, 0);
   };
 
-  /* Colour the text by unit slot k; each token carries its (drawn series') value as data-value. A layer without
-     units leaves the text plain. */
+  /* Colour the text by unit slot k, each token's text in a colour that stays readable on it; each token carries its
+     (drawn series') value as data-value. A layer without units leaves the text plain. */
   proto.showUnit = function (k) {
     this.unit = k;
     this.unitSelect.value = String(k);
     for (var i = 0; i < this.tokens; i++) {
+      var element = this.elements[i];
       if (this.k) {
-        this.elements[i].setAttribute('data-value', String(this.value(k, i)));
-        this.elements[i].style.backgroundColor = 'rgb(' + diverging(this.share(k, i)).join(', ') + ')';
+        var background = diverging(this.share(k, i));
+        element.setAttribute('data-value', String(this.value(k, i)));
+        element.style.backgroundColor = 'rgb(' + background.join(', ') + ')';
+        element.style.color = 'rgb(' + ns.readableInk(background, this.inks[i]).join(', ') + ')';
       } else {
-        this.elements[i].removeAttribute('data-value');
-        this.elements[i].style.backgroundColor = '';
+        element.removeAttribute('data-value');
+        element.style.backgroundColor = element.style.color = '';
       }
     }
     this.root.querySelectorAll('[data-neuron-summary-layer="' + this.layer + '"] [data-slot]').forEach(function (row) {

@@ -30,9 +30,10 @@ def write_synthetic_store(
     seed: int = 0,
     dtype: str = "float16",
     neurons: tuple[np.ndarray, np.ndarray] | None = None,
+    special: list[bool] | None = None,
 ) -> list[np.ndarray]:
     """Write a store for `tokens` with random attention, and `neurons` (units (L, K), values (L, T, K)) as capture
-    writes them when given; return the float32 layers as written."""
+    writes them when given, the tokens flagged `special` (none by default); return the float32 layers as written."""
     rng = np.random.default_rng(seed)
     layers = [random_attention(rng, num_heads, len(tokens), causal) for _ in range(num_layers)]
     completion_length = len(tokens) - prompt_length
@@ -50,7 +51,7 @@ def write_synthetic_store(
             "input": {"mode": "raw", "prompt": "".join(tokens[:prompt_length]), "system": None},
             "tokens": {
                 "ids": list(range(len(tokens))), "text": tokens,
-                "special": [False] * len(tokens), "prompt_length": prompt_length,
+                "special": special or [False] * len(tokens), "prompt_length": prompt_length,
             },
             "generation": {"mode": "given" if completion_length else "none"},
             "completion": {

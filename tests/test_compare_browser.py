@@ -12,7 +12,7 @@ import att_report
 from att_report.report.compare import compare
 from att_report.report.encode import ERROR_BOUND
 from att_report.store import CaptureStore
-from test_compare_report import PAIRS, write_pair
+from test_compare_report import HEADS, LAYERS, PAIRS, write_pair
 
 pytestmark = pytest.mark.browser
 
@@ -114,22 +114,50 @@ def test_fragment_opens_a_head(page: Any, comparison: Any) -> None:
     assert pressed == ["9"] and page.get_attribute("body", "data-heads") == "8,9"
 
 
-def test_index_table_sorts_on_header_click(page: Any, comparison: Any) -> None:
+def test_index_ranking_shows_the_top_heads_sorts_and_expands(page: Any, comparison: Any) -> None:
     page.goto((comparison[0] / "index.html").as_uri())
     page.wait_for_selector("body[data-ready]")
 
     def column(at: int) -> list[float]:
+        """Column `at` of the rows a reader sees (laid out, not hidden), top to bottom."""
         return page.eval_on_selector_all("[data-ranking] tbody tr",
-                                         f"rows => rows.map(r => Number(r.cells[{at}].dataset.value))")
+                                         f"rows => rows.filter(r => r.getClientRects().length)"
+                                         f".map(r => Number(r.cells[{at}].dataset.sort))")
 
+    heads = LAYERS * HEADS
+    assert heads > 20
     divergences = column(3)
-    assert column(0) == list(range(1, len(divergences) + 1)) and divergences == sorted(divergences, reverse=True)
-    page.click('th[data-sort="1"]')
-    assert column(1) == sorted(column(1)) and column(1)[0] == 0
-    page.click('th[data-sort="3"]')
-    assert column(3) == sorted(divergences)
-    page.click('th[data-sort="3"]')
-    assert column(3) == divergences and page.get_attribute('th[data-sort="3"]', "aria-sort") == "descending"
+    assert column(0) == list(range(1, 21)) and divergences == sorted(divergences, reverse=True)
+    page.click('th[data-sort-column="1"]')  # layers, smallest first; still only 20 rows shown
+    assert column(1) == sorted(column(1)) and column(1)[0] == 0 and len(column(1)) == 20
+    button = "[data-show-all]"
+    assert page.inner_text(button) == f"Show all {heads} heads"
+    page.click(button)
+    assert page.get_attribute(button, "aria-expanded") == "true" and page.inner_text(button) == "Show the top 20 only"
+    layers = column(1)
+    assert layers == sorted(layers) and layers.count(0) == HEADS and len(layers) == heads
+    page.click('th[data-sort-column="3"]')  # divergence, largest first
+    everything = column(3)
+    assert everything[:20] == divergences and everything == sorted(everything, reverse=True)
+    assert page.get_attribute('th[data-sort-column="3"]', "aria-sort") == "descending"
+    page.click('th[data-sort-column="3"]')
+    assert column(3) == sorted(everything) and page.get_attribute('th[data-sort-column="3"]', "aria-sort") == "ascending"
+    page.click(button)
+    assert column(3) == sorted(everything)[:20]
     colours = page.eval_on_selector_all("[data-heatmap] [data-divergence]", "els => els.map(e => e.style.backgroundColor)")
     assert all(colours) and len(set(colours)) > 1
+    assert page.console_errors == [] and page.page_errors == []
+
+
+def test_both_indexes_sort_with_the_one_shared_function(page: Any, comparison: Any, tmp_path: Path) -> None:
+    js = Path(__file__).resolve().parent.parent / "js"
+    assert [path.name for path in sorted(js.glob("*.js")) if "ns.sortTable = " in path.read_text()] == ["tables.js"]
+    report = tmp_path / "report"
+    att_report.render(comparison[0].parent / "capture-a", report)
+    sources = []
+    for index, ready in ((comparison[0] / "index.html", "body[data-ready]"), (report / "index.html", "body[data-grid-ready]")):
+        page.goto(index.as_uri())
+        page.wait_for_selector(ready)
+        sources.append(page.evaluate("attReport.sortTable.toString()"))
+    assert sources[0] == sources[1] and "data-sort-first" in sources[0]
     assert page.console_errors == [] and page.page_errors == []

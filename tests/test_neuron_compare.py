@@ -223,3 +223,16 @@ def test_page_shows_b_minus_a_of_each_shared_unit(page: Any, report: Path, pair:
     assert "no unit is shared" in page.text_content('[data-neuron-layer-note="2"]')
     assert page.console_errors == [] and page.page_errors == [] and page.dialogs == []
     assert page.requests and all(urlsplit(url).scheme in ("file", "data", "blob") for url in page.requests)
+
+
+@pytest.mark.browser
+def test_heatmap_spans_its_panel(page: Any, report: Path) -> None:
+    """However few the aligned tokens, the units x tokens heatmap fills its panel's width, not a corner of it."""
+    page.goto((report / "neurons.html").as_uri())
+    page.wait_for_selector("body[data-ready]")
+    gaps = page.eval_on_selector("[data-neuron-map]", """canvas => {
+        const wrap = canvas.parentElement.getBoundingClientRect(), box = canvas.getBoundingClientRect();
+        return [box.left - wrap.left, wrap.right - box.right, box.width / canvas.width];
+    }""")
+    assert abs(gaps[0]) <= 1 and abs(gaps[1]) <= 1 and gaps[2] > 12  # wider than the old fixed 12 px per token
+    assert page.console_errors == [] and page.page_errors == []

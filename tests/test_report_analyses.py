@@ -152,6 +152,45 @@ def assert_neuron_unit(page: Any, store: CaptureStore, layer: int, slot: int) ->
     assert np.abs(neuron_values(page) - expected).max() <= bound + 1e-6
 
 
+def luminance(rgb: tuple[int, ...]) -> float:
+    """WCAG 2 relative luminance of an sRGB colour."""
+    linear = [c / 255 / 12.92 if c / 255 <= 0.04045 else ((c / 255 + 0.055) / 1.055) ** 2.4 for c in rgb]
+    return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+
+def contrast(css_a: str, css_b: str) -> float:
+    """WCAG 2 contrast ratio of two computed CSS colours, 'rgb(r, g, b)'."""
+    a, b = (luminance(tuple(int(part) for part in re.findall(r"\d+", css)[:3])) for css in (css_a, css_b))
+    return (max(a, b) + 0.05) / (min(a, b) + 0.05)
+
+
+@pytest.mark.browser
+def test_neuron_text_is_readable_on_every_colour(page: Any, tmp_path: Path) -> None:
+    """Each token's text keeps WCAG AA contrast (4.5:1) on its background, from white to the darkest blue and red, and
+    special tokens stay marked by an outline in their text colour."""
+    count = 24
+    tokens = ["<s>"] + [f" w{i}" for i in range(1, count - 1)] + ["</s>"]
+    special = [i in (0, 5, 12, 18, count - 1) for i in range(count)]
+    ramp = np.linspace(-1, 1, count)  # unit 0: every shade of both colours; unit 1: the reverse
+    values = np.stack([np.stack([ramp, -ramp], axis=1)] * 2).astype(np.float32)
+    write_synthetic_store(tmp_path / "capture", tokens, prompt_length=count - 4, special=special,
+                          neurons=(np.array([[3, 9], [3, 9]]), values))
+    report = render(tmp_path / "capture", tmp_path / "report")
+    open_report_page(page, report, "neurons.html", "body[data-ready]")
+    read = ("els => els.map(e => { const s = getComputedStyle(e); "
+            "return [s.color, s.backgroundColor, s.outlineStyle, s.outlineColor, e.classList.contains('att-special')]; })")
+    for slot in ("0", "1"):
+        page.select_option("[data-neuron-unit]", slot)
+        shown = page.eval_on_selector_all("[data-neuron-text] [data-index]", read)
+        backgrounds = {background for _, background, *_ in shown}
+        assert "rgb(37, 99, 235)" in backgrounds and "rgb(220, 38, 38)" in backgrounds and len(backgrounds) == count
+        ratios = [contrast(colour, background) for colour, background, *_ in shown]
+        assert min(ratios) >= 4.5, [(tokens[i], shown[i][:2]) for i, ratio in enumerate(ratios) if ratio < 4.5]
+        outlined = [(style, colour == outline) for colour, _, style, outline, is_special in shown if is_special]
+        assert outlined == [("dashed", True)] * sum(special)
+    assert_clean(page)
+
+
 class Tree(Walk):
     """Walk that also records each element's parent, to read nested structures (table rows, heatmap rows)."""
 
@@ -252,6 +291,72 @@ def test_rollout_page_shows_the_rollout_of_each_layer(page: Any, llama: tuple[Ca
         for query in queries:
             hover(page, "observer", query)
             assert np.abs(numbers(weights(page, "observer")) - expected[layer][query]).max() <= ERROR_BOUND + SLACK
+    assert_clean(page)
+
+
+@pytest.mark.browser
+def test_rollout_page_opens_at_the_last_layer(page: Any, llama: tuple[CaptureStore, Path]) -> None:
+    store, report = llama
+    rollouts, last, query = residual_rollout(store), store.num_layers - 1, store.num_tokens - 1
+    assert np.abs(rollouts[last][query] - rollouts[0][query]).max() > 4 * ERROR_BOUND  # opening at 0 would fail
+    open_report_page(page, report, "rollout.html", "body[data-shown]")
+    assert page.get_attribute("body", "data-shown") == f"rollout-L{last}" and page.get_attribute("body", "data-layer") == str(last)
+    assert page.input_value("[data-section-select]") == f"rollout-L{last}"
+    hover(page, "observer", query)
+    assert np.abs(numbers(weights(page, "observer")) - rollouts[last][query]).max() <= ERROR_BOUND + SLACK
+    assert_clean(page)
+
+
+def shown_options(page: Any) -> set[str]:
+    """The scale options a reader can see."""
+    return set(page.eval_on_selector_all("[data-option]", "els => els.filter(e => e.getClientRects().length)"
+                                                          ".map(e => e.dataset.option)"))
+
+
+ATTENTION_WORDS = ("attended", "(the query) gives weight", "the tokens they attend to")
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("name, words, options", [
+    ("rollout.html", "representation after this layer draws on", {"row-max", "ignore-sink"}),
+    ("saliency.html", "share of the gradient of", {"row-max"}),
+    ("layer-00-heads-0-3.html", "how much it attended to", {"row-max", "ignore-sink"}),
+])
+def test_each_page_says_what_its_matrices_are(page: Any, llama: tuple[CaptureStore, Path], name: str, words: str,
+                                              options: set[str]) -> None:
+    """Rollout and saliency are not attention: their pages say what they are, and offer only the options that apply
+    (saliency has no attention sink to ignore)."""
+    _, report = llama
+    open_report_page(page, report, name, "body[data-shown]")
+    text = page.inner_text("main")  # what a reader sees: hidden elements are left out
+    assert words in text
+    if name != "layer-00-heads-0-3.html":
+        assert not [phrase for phrase in ATTENTION_WORDS if phrase in text]
+    assert shown_options(page) == options
+    assert_clean(page)
+
+
+@pytest.mark.browser
+def test_single_file_offers_each_section_its_own_options(page: Any, llama: tuple[CaptureStore, Path]) -> None:
+    """One page holds attention, rollout and saliency: the words and options follow the section shown, and an option
+    a section does not offer stops applying there."""
+    store, report = llama
+    single = render(store.path, report.parent / "single" / "report.html", att_report.RenderOptions(single_file=True))
+    open_report_page(page, single.parent, single.name, "body[data-shown]")
+    assert shown_options(page) == {"row-max", "ignore-sink"}
+    page.check('[data-option="ignore-sink"]')
+    hover(page, "observer", store.num_tokens - 1)
+    excluded = "els => els.filter(e => e.classList.contains('att-excluded')).map(e => Number(e.dataset.index))"
+    assert page.eval_on_selector_all('[data-view="observer"] [data-index]', excluded) == [0]
+    show_section(page, "saliency-grad-norm")
+    assert shown_options(page) == {"row-max"} and "share of the gradient of" in page.inner_text("main")
+    hover(page, "observer", store.num_tokens - 2)
+    assert page.eval_on_selector_all('[data-view="observer"] [data-index]', excluded) == []
+    assert page.is_hidden("[data-legend-sink]")
+    show_section(page, f"rollout-L{store.num_layers - 1}")
+    assert shown_options(page) == {"row-max", "ignore-sink"} and page.is_checked('[data-option="ignore-sink"]')
+    hover(page, "observer", store.num_tokens - 1)
+    assert page.eval_on_selector_all('[data-view="observer"] [data-index]', excluded) == [0]
     assert_clean(page)
 
 
@@ -398,6 +503,21 @@ def test_metrics_table_and_heatmaps_link_to_the_page_of_each_head(synthetic: tup
             assert fragment in ("", f"head={head}"), href
             files.add(urlsplit(href).path)
     assert len(files) == 4  # two head groups in each of two layers
+
+
+@pytest.mark.browser
+def test_thumbnail_grid_uses_the_page_width(page: Any, synthetic: tuple[CaptureStore, Path]) -> None:
+    """The grid of every layer x head spans its panel, with square thumbnails larger than their 12 cells."""
+    store, report = synthetic
+    open_report_page(page, report, "index.html", "body[data-grid-ready]")
+    wrap = page.eval_on_selector(".att-grid-wrap", "e => e.clientWidth")
+    grid = page.eval_on_selector("[data-grid]", "e => e.getBoundingClientRect().width")
+    sizes = page.eval_on_selector_all("canvas[data-thumb]", "els => els.map(e => { const r = e.getBoundingClientRect(); "
+                                                            "return [Math.round(r.width), Math.round(r.height)]; })")
+    assert len(sizes) == store.num_layers * store.num_heads and len({tuple(size) for size in sizes}) == 1
+    width, height = sizes[0]
+    assert grid >= 0.98 * wrap and width == height and width >= (wrap - 100) / store.num_heads - 8
+    assert_clean(page)
 
 
 @pytest.mark.browser

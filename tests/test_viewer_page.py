@@ -123,8 +123,9 @@ def test_one_json_payload_holds_the_tokens(single: Walk) -> None:
     assert data["special"] == []
     assert data["sections"] == [{
         "key": "L03-H0-2", "title": "Layer 3 · heads 0–2", "layer": "3", "heads": "0,1,2", "payload": "att-payload-0",
-        "headCount": 3, "rowStart": 0, "rowCount": 12,
+        "headCount": 3, "rowStart": 0, "rowCount": 12, "reading": "attention",
     }]
+    assert data["opening"] == "L03-H0-2"
 
 
 def test_matrix_payload_decodes_to_the_attention(single: Walk, attention: np.ndarray) -> None:
@@ -181,6 +182,26 @@ def test_several_sections_get_a_selector_and_their_own_heads() -> None:
         "att-payload-0", "att-payload-1", "att-payload-2"]
     (_, body), = walk.find("body")
     assert body["data-layer"] == "0" and body["data-heads"] == "0,1"
+
+
+def test_a_page_opens_at_the_section_asked_for_with_that_sections_words_and_options() -> None:
+    rng = np.random.default_rng(6)
+    attention = make_section(random_attention(rng, 2, 12, True), key="L00-H0-1", layer=0)
+    saliency = Section("saliency", "Saliency", "mean", (HeadLabel("mean", "gradient norm"),),
+                       random_attention(rng, 1, 12, True), 0, reading="saliency")
+    page = chunk_page("both", make_text(tokens_for(12), 12), [attention, saliency], NAVIGATION, opening="saliency")
+    walk = Walk(environment().get_template("chunk.html").render(page=page))
+    (_, body), = walk.find("body")
+    assert body["data-layer"] == "mean" and json.loads(walk.text(walk.find("script", type="application/json")[0][0]))[
+        "opening"] == "saliency"
+    assert [(a["data-section-heads"], "hidden" in a) for _, a in walk.find("div", data_section_heads=None)] == [
+        ("L00-H0-1", True), ("saliency", False)]
+    shown = [walk.text(index) for index, a in walk.find("p", data_reading=None) if "hidden" not in a]
+    assert len(shown) == 3 and all("log-probability" in line for line in shown)  # observer, observed, matrix help
+    assert [a["data-option"] for _, a in walk.find("input", data_option=None)] == ["row-max", "ignore-sink"]
+    assert [a["data-readings"] for _, a in walk.find("label", data_readings=None)] == ["saliency attention", "attention"]
+    with pytest.raises(UsageError, match="'rollout'"):
+        chunk_page("both", make_text(tokens_for(12), 12), [attention, saliency], NAVIGATION, opening="rollout")
 
 
 def test_split_page_says_which_rows_it_holds() -> None:

@@ -18,6 +18,7 @@ from att_report.report.chunks import INDEX_NAME
 from att_report.store import CaptureStore
 from att_report.report.templating import render_template, write_html
 from att_report.report.page_types import HeadLabel, Link, MEAN, Navigation, TokenText
+from att_report.report.readings import ROLLOUT, SALIENCY
 from att_report.report.viewer import Section, chunk_page
 
 ROLLOUT_NOTE = (
@@ -44,7 +45,7 @@ class AnalysisPage:
 def write_analysis_pages(store: CaptureStore, text: TokenText, directory: Path, payload_budget: int) -> list[AnalysisPage]:
     """Write the rollout pages, and the saliency pages when the capture has saliency; return what was written."""
     pages = [_write_pages("rollout", "Attention rollout", rollout_sections(store), ROLLOUT_NOTE, text, directory,
-                          payload_budget)]
+                          payload_budget, open_last=True)]
     saliency = list(saliency_sections(store))
     if saliency:
         pages.append(_write_pages("saliency", "Gradient saliency", saliency, SALIENCY_NOTE, text, directory,
@@ -62,7 +63,7 @@ def saliency_shares(matrix: np.ndarray) -> np.ndarray:
 def rollout_sections(store: CaptureStore) -> Iterator[Section]:
     for layer, matrix in enumerate(rollout(store)):
         yield Section(f"rollout-L{layer}", f"Rollout through layer {layer}", layer,
-                      (HeadLabel(MEAN, f"rollout to layer {layer}"),), matrix[np.newaxis], 0)
+                      (HeadLabel(MEAN, f"rollout to layer {layer}"),), matrix[np.newaxis], 0, reading=ROLLOUT)
 
 
 def saliency_sections(store: CaptureStore) -> Iterator[Section]:
@@ -70,14 +71,14 @@ def saliency_sections(store: CaptureStore) -> Iterator[Section]:
         matrix = store.saliency(kind)
         if matrix is not None:
             yield Section(f"saliency-{kind.replace('_', '-')}", f"Saliency · {label}", MEAN,
-                          (HeadLabel(MEAN, label),), saliency_shares(matrix)[np.newaxis], 0)
+                          (HeadLabel(MEAN, label),), saliency_shares(matrix)[np.newaxis], 0, reading=SALIENCY)
 
 
 def _write_pages(stem: str, title: str, sections: Iterable[Section], note: str, text: TokenText, directory: Path,
-                 budget: int) -> AnalysisPage:
-    """Pack sections into files of at most `budget` payload bytes, linked in order. Each section is encoded once and
-    kept only as its payload until its file is written (a file is written when the next one starts, so it can link
-    to it)."""
+                 budget: int, open_last: bool = False) -> AnalysisPage:
+    """Pack sections into files of at most `budget` payload bytes, linked in order, each opening at its first section
+    (or, with `open_last`, its last: the rollout through the most layers). Each section is encoded once and kept only
+    as its payload until its file is written (a file is written when the next one starts, so it can link to it)."""
     names: list[str] = []
     pending: list[Section] = []
     used = 0
@@ -87,7 +88,7 @@ def _write_pages(stem: str, title: str, sections: Iterable[Section], note: str, 
         previous = Link(f"← {stem} file {len(names) - 1}", names[-2]) if len(names) > 1 else None
         following = Link(f"{stem} file {len(names) + 1} →", f"{stem}-{len(names) + 1}.html") if has_next else None
         navigation = Navigation(Link("Index", INDEX_NAME), None, None, previous, following)
-        page = chunk_page(title, text, pending, navigation, [note])
+        page = chunk_page(title, text, pending, navigation, [note], opening=pending[-1].key if open_last else None)
         write_html(directory / names[-1], render_template("chunk.html", page=page))
 
     for section in sections:

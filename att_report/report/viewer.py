@@ -17,6 +17,7 @@ from att_report.report.encode import encode_rows
 from att_report.errors import UsageError
 from att_report.report.templating import render_template
 from att_report.report.page_types import MEAN, HeadLabel, Navigation, TokenText, token_data
+from att_report.report.readings import ATTENTION, OfferedControl, Reading, page_controls, page_readings
 
 @dataclass(frozen=True)
 class Section:
@@ -29,6 +30,7 @@ class Section:
     matrices: np.ndarray
     row_start: int
     payload: str | None = None  # encode_rows(matrices, row_start, causal), when the caller has encoded it already
+    reading: str = ATTENTION  # what the matrices are: a name in att_report.report.readings
 
     def encoded(self, causal: bool) -> Section:
         """This section with its payload encoded now and its matrices let go: a zero-stride stand-in keeps their
@@ -58,24 +60,37 @@ class SectionView:
     layer_attr: str
     heads_attr: str
     rows_note: str
+    reading: str
 
 
 @dataclass(frozen=True)
 class ChunkPage:
-    """Everything chunk.html formats: title, navigation, notes, sections and the one JSON payload."""
+    """Everything chunk.html formats: title, navigation, notes, sections, what their matrices mean (the opening
+    section's reading first), the scale options they offer, and the one JSON payload."""
 
     title: str
     navigation: Navigation
     notes: tuple[str, ...]
     sections: tuple[SectionView, ...]
-    observer_help: str
-    observed_help: str
+    readings: tuple[Reading, ...]
+    controls: tuple[OfferedControl, ...]
+    opening: str
     data: dict[str, Any]
 
     @property
     def first(self) -> SectionView:
         """The section shown when the page opens."""
-        return self.sections[0]
+        return next(section for section in self.sections if section.key == self.opening)
+
+    @property
+    def observer_help(self) -> str:
+        """The observer view's help for the opening section (a comparison page reuses it)."""
+        return self.readings[0].helps["observer"]
+
+    @property
+    def observed_help(self) -> str:
+        """The observed view's help for the opening section (a comparison page reuses it)."""
+        return self.readings[0].helps["observed"]
 
 
 def render_chunk_page(
@@ -86,24 +101,32 @@ def render_chunk_page(
 
 
 def chunk_page(
-    title: str, text: TokenText, sections: Sequence[Section], navigation: Navigation, notes: Sequence[str] = ()
+    title: str, text: TokenText, sections: Sequence[Section], navigation: Navigation, notes: Sequence[str] = (),
+    opening: str | None = None,
 ) -> ChunkPage:
-    """Check the inputs, encode every section and compute the display strings (for chunk.html or a page extending it)."""
+    """Check the inputs, encode every section and compute the display strings (for chunk.html or a page extending it).
+    The page opens at section `opening` (a key), else at the first."""
     _check_text(text)
     _check_sections(text, sections)
+    opened = next((section for section in sections if section.key == (opening or sections[0].key)), None)
+    if opened is None:
+        raise UsageError(f"A chunk page was asked to open at section {opening!r}, which it does not hold; pass the key "
+                         f"of one of its sections ({', '.join(section.key for section in sections)}).")
     views = tuple(_section_view(position, section, text) for position, section in enumerate(sections))
+    readings = page_readings([opened.reading] + [section.reading for section in sections], text.causal)
     data = {
         **token_data(text),
+        "opening": opened.key,
         "sections": [_section_data(view, section) for view, section in zip(views, sections)],
     }
-    others = "earlier token" if text.causal else "token"
     return ChunkPage(
         title=title,
         navigation=navigation,
         notes=tuple(notes),
         sections=views,
-        observer_help=f"Hover a token: how much it attended to each {others} (its row).",
-        observed_help=f"Hover a token: how much each {others.replace('earlier', 'later')} attended to it (its column).",
+        readings=readings,
+        controls=page_controls(readings),
+        opening=opened.key,
         data=data,
     )
 
@@ -124,6 +147,7 @@ def _section_view(position: int, section: Section, text: TokenText) -> SectionVi
         layer_attr=str(section.layer),
         heads_attr=",".join(str(label.index) for label in section.heads),
         rows_note=_rows_note(section.row_start, section.matrices.shape[1], len(text.tokens)),
+        reading=section.reading,
     )
 
 
@@ -138,6 +162,7 @@ def _section_data(view: SectionView, section: Section) -> dict[str, Any]:
         "headCount": len(section.heads),
         "rowStart": section.row_start,
         "rowCount": int(section.matrices.shape[1]),
+        "reading": view.reading,
     }
 
 
