@@ -582,8 +582,9 @@ def test_a_wheel_install_renders_with_its_own_templates(gqa_store: Path, gqa: Pa
     """)
     cwd = tmp_path / "elsewhere"
     cwd.mkdir()
+    without_checkout = {name: value for name, value in os.environ.items() if name != "PYTHONPATH"}
     result = subprocess.run([str(python), "-c", script], cwd=cwd, capture_output=True, text=True, timeout=60,
-                            check=False)
+                            check=False, env=without_checkout)
     assert result.returncode == 0, result.stderr
     assert snapshot(cwd / "report") == snapshot(gqa)  # same capture, same bytes as the checkout renders
 
