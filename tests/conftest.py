@@ -15,6 +15,8 @@ import pytest
 # this when first imported, which is after this file loads.
 os.environ["HF_HUB_OFFLINE"] = "1"
 
+REPO = Path(__file__).resolve().parent.parent
+
 CHROMIUM_FLAGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -22,6 +24,18 @@ CHROMIUM_FLAGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
+
+
+def cli_environment(**changes: str | None) -> dict[str, str]:
+    """This process's environment for a subprocess that must import this checkout's att_report (not an installed
+    copy), with `changes` applied (None removes a variable)."""
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    for name, value in changes.items():
+        if value is None:
+            environment.pop(name, None)
+        else:
+            environment[name] = value
+    return environment
 
 
 def on_ci() -> bool:
