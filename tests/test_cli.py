@@ -92,7 +92,7 @@ def help_text(command: str, capsys: pytest.CaptureFixture[str]) -> str:
 
 def test_help_says_what_each_force_replaces(capsys: pytest.CaptureFixture[str]) -> None:
     run_help = help_text("run", capsys)
-    assert "--force replace an earlier report at -o " in run_help
+    assert run_help.endswith(" --force replace an earlier report at -o")
     assert "--force-capture replace an earlier capture at --keep-capture DIR (--force never touches it)" in run_help
     assert "--force replace an existing capture at the output path" in help_text("capture", capsys)
     for command in ("capture", "run"):
