@@ -22,7 +22,7 @@ def check_replaceable(target: Path, force: bool, is_ours: Callable[[Path], bool]
         return
     if target.is_dir() and not target.is_symlink() and not any(target.iterdir()):
         return  # an empty folder: the staged output takes its place
-    if not target.is_dir() or not is_ours(target):
+    if not is_ours(target):
         raise OutputExistsError(
             f"{target} exists and is not an att-report {kind} ({_describe(target)}); att-report never replaces it, "
             "so choose another output path."

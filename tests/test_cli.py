@@ -121,3 +121,27 @@ def test_run_force_replaces_the_report_and_only_force_capture_the_kept_capture(
     stderr = one_error_line(*run_cli(capfd, "run", "--model", str(gpt2), "--prompt", "hi", "-o",
                                      str(tmp_path / "other"), "--force-capture")[::2])
     assert "--force-capture replaces the capture kept with --keep-capture DIR" in stderr
+
+
+@pytest.mark.parametrize("single_file", [False, True], ids=["folder", "single-file"])
+def test_refusals_name_what_was_found_and_the_one_thing_to_do(single_file: bool, capture: Path, tmp_path: Path,
+                                                               capfd: pytest.CaptureFixture[str]) -> None:
+    """Something not ours is refused the same way with or without --force, and without advice to pass it; an
+    earlier report of ours asks for --force, and --force replaces it."""
+    flags = ["--single-file"] if single_file else []
+    foreign = tmp_path / ("notes.html" if single_file else "notes")
+    if single_file:
+        foreign.write_text("<p>keep me</p>", encoding="utf-8")
+    else:
+        foreign.mkdir()
+        (foreign / "index.html").write_text("<p>keep me</p>", encoding="utf-8")
+    for force in ([], ["--force"]):
+        stderr = one_error_line(*run_cli(capfd, "render", str(capture), "-o", str(foreign), *flags, *force)[::2])
+        assert f"{foreign} exists and is not an att-report" in stderr and "never replaces it" in stderr
+        assert "--force" not in stderr
+    ours = tmp_path / ("ours.html" if single_file else "ours")
+    assert main(["render", str(capture), "-o", str(ours), *flags]) == 0
+    stderr = one_error_line(*run_cli(capfd, "render", str(capture), "-o", str(ours), *flags)[::2])
+    assert stderr.endswith(f"{ours} already holds an att-report {'single-file report' if single_file else 'report'}; "
+                           "pass --force to replace it.\n")
+    assert run_cli(capfd, "render", str(capture), "-o", str(ours), *flags, "--force")[0] == 0
