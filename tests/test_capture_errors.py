@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -253,14 +254,37 @@ def write_synthetic_capture(path: Path) -> None:
 def test_unreachable_hub_fails_at_once_without_retries(tmp_path: Path) -> None:
     """A hub that refuses connections (here: a closed local port, as on a machine without network) gives the one
     offline line, not five retries; huggingface_hub prints each retry on stderr, so one line means none happened."""
-    environment = cli_environment(HF_HUB_OFFLINE=None, TRANSFORMERS_OFFLINE=None, HF_ENDPOINT="http://127.0.0.1:9",
-                                  HF_HOME=str(tmp_path / "hf-home"))
+    environment = cli_environment(HF_HUB_OFFLINE=None, TRANSFORMERS_OFFLINE=None, HF_HOME=str(tmp_path / "hf-home"),
+                                  HF_ENDPOINT=f"http://127.0.0.1:{closed_port()}", NO_PROXY="127.0.0.1",
+                                  no_proxy="127.0.0.1")
     result = subprocess.run(
         [sys.executable, "-m", "att_report", "capture", "--model", "nobody/no-such-model", "--prompt", "hi",
          "-o", str(tmp_path / "out")], capture_output=True, text=True, env=environment, timeout=300, check=False)
     assert_refused(result.returncode, result.stderr, "cannot load model nobody/no-such-model",
                    "hub cannot be reached", "an offline machine needs a local model folder")
     assert_nothing_written(tmp_path / "out")
+
+
+def closed_port() -> int:
+    """A local port nothing listens on: one the system just handed out and that was closed again."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        return int(server.getsockname()[1])
+
+
+@pytest.mark.parametrize("hub", ["listening", "closed", "offline mode"])
+def test_hub_probe_tells_a_reachable_hub(hub: str, tmp_path: Path) -> None:
+    """The probe behind the fast offline failure, against a real local socket: it must not call a reachable hub
+    unreachable (that would stop every hub download), nor wait on one that refuses."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = closed_port() if hub == "closed" else server.getsockname()[1]
+        environment = cli_environment(HF_ENDPOINT=f"http://127.0.0.1:{port}", TRANSFORMERS_OFFLINE=None,
+                                      HF_HUB_OFFLINE="1" if hub == "offline mode" else None,
+                                      NO_PROXY="127.0.0.1", no_proxy="127.0.0.1")
+        result = subprocess.run(
+            [sys.executable, "-c", "from att_report.capturing.hub import hub_reachable; print(hub_reachable())"],
+            capture_output=True, text=True, env=environment, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"{hub == 'listening'}\n"
 
 
 def capture_process(arguments: list[str], output: Path, **environment: str | None) -> subprocess.Popen[str]:
