@@ -76,10 +76,10 @@ def _check_local_files(config: CaptureConfig) -> None:
             return  # a file name inside a hub repository
         if not local.is_file():
             raise UsageError(f"GGUF file {local} does not exist; give the path of a .gguf file with --gguf-file.")
-    elif config.model is not None and looks_local(config.model) and not Path(config.model).exists():
+    elif config.model is not None and _looks_local(config.model) and not Path(config.model).exists():
         raise UsageError(f"model path {config.model} does not exist; give a local model folder or a hub id with --model.")
 
 
-def looks_local(model: str) -> bool:
+def _looks_local(model: str) -> bool:
     """Tell a path (./x, /x, ~/x, a/b/c) from a hub id (name or owner/name)."""
     return model.startswith((".", "/", "~")) or model.count("/") > 1
