@@ -13,20 +13,33 @@ from att_report.errors import OutputExistsError, UsageError
 PARTIAL_PREFIX = ".partial-"
 
 
-def check_replaceable(target: Path, force: bool, is_ours: Callable[[Path], bool], kind: str) -> None:
-    """Refuse to overwrite `target` unless `force` is set and it holds only our own output; refuse a target that
-    cannot be created at all. Callers run this before any slow work."""
+def check_replaceable(target: Path, force: bool, is_ours: Callable[[Path], bool], kind: str,
+                      flag: str = "--force") -> None:
+    """Refuse to overwrite `target` unless `flag` was given and it holds only our own output; an empty folder is
+    simply used; refuse a target that cannot be created at all. Callers run this before any slow work."""
     if not target.exists() and not target.is_symlink():
         _check_creatable(target)
         return
+    if target.is_dir() and not target.is_symlink() and not any(target.iterdir()):
+        return  # an empty folder: the staged output takes its place
+    if not is_ours(target):
+        raise OutputExistsError(
+            f"{target} exists and is not an att-report {kind} ({_describe(target)}); att-report never replaces it, "
+            "so choose another output path."
+        )
     if not force:
-        raise OutputExistsError(
-            f"{target} already exists; choose another output path or pass --force to replace the {kind}."
-        )
-    if not target.is_dir() or not is_ours(target):
-        raise OutputExistsError(
-            f"{target} exists and is not an att-report {kind}; it is never deleted, so choose another output path."
-        )
+        raise OutputExistsError(f"{target} already holds an att-report {kind}; pass {flag} to replace it.")
+
+
+def _describe(target: Path) -> str:
+    """Say what is at an existing path, so a refusal names what it found."""
+    if target.is_symlink():
+        return "a symbolic link"
+    if not target.is_dir():
+        return "a file"
+    names = sorted(entry.name for entry in target.iterdir())
+    shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    return f"a folder holding {shown}"
 
 
 def _check_creatable(target: Path) -> None:

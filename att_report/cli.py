@@ -11,15 +11,25 @@ from typing import NoReturn
 from att_report import __version__
 from att_report.report.chunks import AGGREGATES
 from att_report.report.compare import compare
-from att_report.capturing.config import ATTENTION_DTYPE_CHOICES, MODEL_DTYPE_CHOICES, CaptureConfig, option_help
-from att_report.errors import AttReportError, UsageError
+from att_report.atomic import check_replaceable
+from att_report.capturing.config import (
+    ATTENTION_DTYPE_CHOICES,
+    MODEL_DTYPE_CHOICES,
+    CaptureConfig,
+    check_settings,
+    option_help,
+)
+from att_report.capturing.prompts import check_prompt_options
+from att_report.errors import AttReportError, InternalError, UsageError
 from att_report.report.render import (
     DEFAULT_MAX_FILE_MB,
     DEFAULT_SINGLE_FILE_MB,
     RenderOptions,
     check_render_target,
+    is_report,
     render,
 )
+from att_report.store import MANIFEST_NAME, is_store
 
 DEMO_PROMPT = "In two sentences: why is the sky blue, and why is the sunset red?"
 DEMO_NEW_TOKENS = 48
@@ -31,6 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
         return int(args.handler(args) or 0)
+    except InternalError as error:
+        print(f"att-report: internal error: {error} This is a bug in att-report {__version__}, not a mistake in what "
+              "you gave; please report it with the command you ran and this line.", file=sys.stderr)
+        return error.exit_code
     except AttReportError as error:
         print(f"att-report: error: {error}", file=sys.stderr)
         return error.exit_code
@@ -52,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     capture = commands.add_parser("capture", help="run a model on a prompt and store its attention")
     add_capture_arguments(capture)
+    capture.add_argument("--force", action="store_true", help=option_help(CaptureConfig, "force"))
     capture.add_argument("-o", "--output", required=True, type=Path, help="the capture directory to write")
     capture.set_defaults(handler=run_capture_command)
     info = commands.add_parser("info", help="describe a capture: model, tokens, texts, settings, size, versions")
@@ -69,9 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="capture, then render: one command from prompt to report")
     add_capture_arguments(run)
-    run.add_argument("-o", "--output", required=True, type=Path, help="the report folder to write")
+    run.add_argument("-o", "--output", required=True, type=Path,
+                     help="the report folder to write (with --single-file: the HTML file)")
     run.add_argument("--keep-capture", type=Path, metavar="DIR", help="also keep the capture store at DIR")
-    add_render_arguments(run, with_force=False)
+    run.add_argument("--force-capture", action="store_true",
+                     help="replace an earlier capture at --keep-capture DIR (--force never touches it)")
+    add_render_arguments(run)
     run.set_defaults(handler=run_run_command)
 
     demo = commands.add_parser("demo", help="a report of the embedded SmolLM2 on a built-in chat prompt")
@@ -91,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def add_render_arguments(parser: argparse.ArgumentParser, with_force: bool = True) -> None:
+def add_render_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the report options (shared by `render` and `run`)."""
     parser.add_argument("--aggregate", choices=AGGREGATES, default="none",
                         help="none: one file per layer and group of 8 heads; heads: the mean of each layer's heads; "
@@ -99,12 +117,11 @@ def add_render_arguments(parser: argparse.ArgumentParser, with_force: bool = Tru
     parser.add_argument("--max-file-mb", type=float, default=DEFAULT_MAX_FILE_MB,
                         help=f"split a chunk whose file would exceed this many MB (default {DEFAULT_MAX_FILE_MB:g})")
     parser.add_argument("--single-file", action="store_true",
-                        help="write the whole report as one HTML file at -o, for a bug ticket")
+                        help="write the whole report as one HTML file at -o (.html is added if missing), for a bug ticket")
     parser.add_argument("--single-file-mb", type=float, default=DEFAULT_SINGLE_FILE_MB,
                         help=f"the largest single file to write (default {DEFAULT_SINGLE_FILE_MB:g})")
     parser.add_argument("--zip", action="store_true", help="also pack the report folder as OUTPUT.zip")
-    if with_force:
-        parser.add_argument("--force", action="store_true", help="replace an earlier report at the output path")
+    parser.add_argument("--force", action="store_true", help="replace an earlier report at -o")
 
 
 def render_options_from(args: argparse.Namespace) -> RenderOptions:
@@ -116,6 +133,9 @@ def add_capture_arguments(parser: argparse.ArgumentParser) -> None:
     """Add every CaptureConfig option (shared by `capture` and `run`)."""
     def helped(name: str) -> str:
         return option_help(CaptureConfig, name)
+
+    def defaulted(name: str) -> str:
+        return option_help(CaptureConfig, name) + "; default %(default)s"
 
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--prompt", help=helped("prompt"))
@@ -134,22 +154,22 @@ def add_capture_arguments(parser: argparse.ArgumentParser) -> None:
     given = parser.add_mutually_exclusive_group()
     given.add_argument("--completion", help=helped("completion"))
     given.add_argument("--completion-file", type=Path, help="read the known completion from a UTF-8 file")
-    parser.add_argument("--max-new-tokens", type=int, default=64, help=helped("max_new_tokens"))
+    parser.add_argument("--max-new-tokens", type=int, default=64, help=defaulted("max_new_tokens"))
     parser.add_argument("--sample", action="store_true", help=helped("sample"))
-    parser.add_argument("--seed", type=int, default=0, help=helped("seed"))
-    parser.add_argument("--temperature", type=float, default=1.0, help=helped("temperature"))
-    parser.add_argument("--top-p", type=float, default=1.0, help=helped("top_p"))
-    parser.add_argument("--top-k", type=int, default=0, help=helped("top_k"))
+    parser.add_argument("--seed", type=int, default=0, help=defaulted("seed"))
+    parser.add_argument("--temperature", type=float, default=1.0, help=defaulted("temperature"))
+    parser.add_argument("--top-p", type=float, default=1.0, help=defaulted("top_p"))
+    parser.add_argument("--top-k", type=int, default=0, help=defaulted("top_k"))
     parser.add_argument("--saliency", action="store_true", help=helped("saliency"))
     parser.add_argument("--neurons", type=int, default=0, metavar="K", help=helped("neurons"))
     parser.add_argument("--predict-all", action="store_true", help=helped("predict_all"))
     parser.add_argument("--attention-dtype", choices=ATTENTION_DTYPE_CHOICES, default="float16", help=helped("attention_dtype"))
-    parser.add_argument("--force", action="store_true", help=helped("force"))
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
 
 
-def capture_config_from(args: argparse.Namespace) -> CaptureConfig:
-    """Map parsed flags onto a CaptureConfig, reading --prompt-file and --completion-file."""
+def capture_config_from(args: argparse.Namespace, force: bool) -> CaptureConfig:
+    """Map parsed flags onto a CaptureConfig, reading --prompt-file and --completion-file; `force` replaces an
+    earlier capture (`capture --force`, `run --force-capture`)."""
     if args.prompt is not None:
         prompt = args.prompt
     elif args.prompt_file is not None:
@@ -165,7 +185,7 @@ def capture_config_from(args: argparse.Namespace) -> CaptureConfig:
         chat=args.chat, system=args.system, completion=completion, max_new_tokens=args.max_new_tokens,
         sample=args.sample, seed=args.seed, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
         saliency=args.saliency, neurons=args.neurons, predict_all=args.predict_all,
-        attention_dtype=args.attention_dtype, force=args.force, progress=args.progress,
+        attention_dtype=args.attention_dtype, force=force, progress=args.progress,
     )
 
 
@@ -180,51 +200,86 @@ def read_text_file(path: Path, flag: str) -> str:
 
 
 def run_capture_command(args: argparse.Namespace) -> int:
+    config = capture_config_from(args, force=args.force)
     if args.prompts_file is not None:
-        return run_batch_command(args)
-    from att_report.capturing.pipeline import capture_with_config  # imports torch: only for capture commands
+        return run_batch_command(args, config)
+    check_capture_request(config, args.output, "--force")
+    from att_report.capturing.pipeline import capture_with_config  # imports torch: only once the request is checked
 
-    store = capture_with_config(capture_config_from(args), args.output)
+    store = capture_with_config(config, args.output)
     print(f"capture written to {store}")
     return 0
+
+
+def check_capture_request(config: CaptureConfig, output: Path, force_flag: str) -> None:
+    """Refuse every argument that no model can fix before torch is imported, so a mistake costs a moment."""
+    check_replaceable(output, config.force, is_store, "capture", force_flag)
+    check_prompt_options(config)
+    check_settings(config)
 
 
 def run_info_command(args: argparse.Namespace) -> int:
     from att_report.info import info  # numpy only: info never imports torch
 
+    check_is_capture(args.capture)
     sys.stdout.write(info(args.capture, with_metrics=args.metrics, as_json=args.json))
     return 0
 
 
-def run_batch_command(args: argparse.Namespace) -> int:
+def run_batch_command(args: argparse.Namespace, config: CaptureConfig) -> int:
     """Capture every prompt of a JSONL file; report failing lines at the end and exit 1 if any failed."""
+    check_settings(config)
     from att_report.capturing.batch import capture_batch, summary_lines  # imports torch
 
-    result = capture_batch(capture_config_from(args), args.prompts_file, args.output)
+    result = capture_batch(config, args.prompts_file, args.output)
     for line in summary_lines(result, args.prompts_file):
         print(line, file=sys.stderr if result.failures else sys.stdout)
     return 1 if result.failures else 0
 
 
+def check_is_capture(path: Path) -> None:
+    """Name the common mix-up, a report given where a capture belongs, before the store reader calls it damaged."""
+    if (path / MANIFEST_NAME).exists():
+        return
+    found = "an att-report report" if is_report(path) else "an HTML file" if path.suffix in (".html", ".htm") else None
+    if found:
+        raise UsageError(f"{path} is {found}, not a capture; give the capture directory the report was rendered "
+                         "from (the one `att-report capture -o` wrote).")
+
+
+def single_file_path(output: Path) -> Path:
+    """Give a single-file report the .html name a browser and a bug tracker need."""
+    return output if output.suffix.lower() in (".html", ".htm") else output.with_name(output.name + ".html")
+
+
 def run_render_command(args: argparse.Namespace) -> int:
-    written = render(args.capture, args.output, render_options_from(args))
-    print(f"report written to {written}" + (f" and {written.with_name(written.name + '.zip')}" if args.zip else ""))
+    check_is_capture(args.capture)
+    output = single_file_path(args.output) if args.single_file else args.output
+    print(opening_line("report", render(args.capture, output, render_options_from(args)), args.zip))
     return 0
 
 
 def run_run_command(args: argparse.Namespace) -> int:
-    """Capture into --keep-capture or a temporary folder, then render; the report is checked first, so no work is lost."""
+    """Capture into --keep-capture or a temporary folder, then render; every target is checked first, so no work is
+    lost, and --force replaces only the report (an earlier kept capture needs --force-capture)."""
     if args.prompts_file is not None:
         raise UsageError("`att-report run` takes one prompt; capture a --prompts-file with `att-report capture`, "
                          "then render each capture.")
+    if args.force_capture and args.keep_capture is None:
+        raise UsageError("--force-capture replaces the capture kept with --keep-capture DIR; add --keep-capture DIR.")
+    output = single_file_path(args.output) if args.single_file else args.output
+    if args.keep_capture is not None and args.keep_capture.absolute() == output.absolute():
+        raise UsageError(f"--keep-capture and -o both name {output}; give the capture and the report their own paths.")
     options = render_options_from(args)
-    check_render_target(args.output, options)
-    from att_report.capturing.pipeline import capture_with_config  # imports torch: only for capture commands
-
+    check_render_target(output, options)
+    config = capture_config_from(args, force=args.force_capture)
     with tempfile.TemporaryDirectory(prefix="att-report-") as scratch:
-        store = capture_with_config(capture_config_from(args), args.keep_capture or Path(scratch) / "capture")
-        written = render(store, args.output, options)
-    print(f"report written to {written}")
+        store = args.keep_capture or Path(scratch) / "capture"
+        check_capture_request(config, store, "--force-capture")
+        from att_report.capturing.pipeline import capture_with_config  # imports torch: only for capture commands
+
+        written = render(capture_with_config(config, store), output, options)
+    print(opening_line("report", written, args.zip))
     return 0
 
 
@@ -237,14 +292,23 @@ def run_demo_command(args: argparse.Namespace) -> int:
     config = CaptureConfig(prompt=DEMO_PROMPT, chat=True, max_new_tokens=DEMO_NEW_TOKENS, progress=args.progress)
     with tempfile.TemporaryDirectory(prefix="att-report-") as scratch:
         written = render(capture_with_config(config, Path(scratch) / "capture"), args.output, options)
-    print(f"report written to {written}; open {written / 'index.html'} in a browser")
+    print(opening_line("report", written))
     return 0
 
 
 def run_compare_command(args: argparse.Namespace) -> int:
+    for capture in (args.capture_a, args.capture_b):
+        check_is_capture(capture)
     written = compare(args.capture_a, args.capture_b, args.output, force=args.force, max_file_mb=args.max_file_mb)
-    print(f"comparison written to {written}; open {written / 'index.html'} in a browser")
+    print(opening_line("comparison", written))
     return 0
+
+
+def opening_line(kind: str, written: Path, zipped: bool = False) -> str:
+    """Say where the output is and the address to open in a browser (a folder opens at its index.html)."""
+    page = written / "index.html" if written.is_dir() else written
+    also = f" and {written.with_name(written.name + '.zip')}" if zipped else ""
+    return f"{kind} written to {written}{also}; open {page.resolve().as_uri()} in a browser"
 
 
 if __name__ == "__main__":

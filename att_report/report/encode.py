@@ -22,7 +22,7 @@ import zlib
 
 import numpy as np
 
-from att_report.errors import UsageError
+from att_report.errors import InternalError
 
 QUANT_LEVELS = 255
 ERROR_BOUND = 1 / 510
@@ -40,7 +40,7 @@ SCHEME_DESCRIPTION = (
 def encode_rows(matrices: np.ndarray, row_start: int, causal: bool) -> str:
     """Quantize and pack query rows row_start.. of n heads into base64 text small enough to inline in a page."""
     if matrices.ndim != 3:
-        raise UsageError(
+        raise InternalError(
             f"The matrices to encode have shape {matrices.shape}; expected (heads, rows, tokens), so pass a 3-D array."
         )
     _check_rows(row_start, matrices.shape[1], matrices.shape[2])
@@ -94,7 +94,7 @@ def decode_rows(payload: str, n: int, row_start: int, row_count: int, num_tokens
     try:
         raw = np.frombuffer(zlib.decompress(base64.b64decode(payload, validate=True)), dtype=np.uint8)
     except (binascii.Error, zlib.error) as error:
-        raise UsageError(f"The attention payload is not base64 zlib data ({error}); encode it with encode_rows.") from None
+        raise InternalError(f"The attention payload is not base64 zlib data ({error}); encode it with encode_rows.") from None
     mask = _column_mask(row_start, row_count, num_tokens, causal)
     cell_count = n * int(mask.sum())
     try:
@@ -106,7 +106,7 @@ def decode_rows(payload: str, n: int, row_start: int, row_count: int, num_tokens
         if count and positions[-1] >= cell_count:
             raise ValueError("cells")
     except (ValueError, IndexError):
-        raise UsageError(
+        raise InternalError(
             f"The attention payload holds {len(raw)} bytes, which does not fit {n} heads of rows "
             f"{row_start}..{row_start + row_count - 1} over {num_tokens} tokens; pass the shape it was encoded with."
         ) from None
@@ -122,7 +122,7 @@ def quantize(matrices: np.ndarray) -> np.ndarray:
     values = np.asarray(matrices)
     low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
     if not (-_RANGE_SLACK <= low and high <= 1 + _RANGE_SLACK):  # also refuses NaN, which fails every comparison
-        raise UsageError(
+        raise InternalError(
             f"The matrices to encode hold values from {low:.4g} to {high:.4g}; expected weights in [0, 1], "
             "so normalize the matrix (and remove NaN or infinite values) before viewing it."
         )
@@ -143,7 +143,7 @@ def _column_mask(row_start: int, row_count: int, num_tokens: int, causal: bool) 
 def _check_rows(row_start: int, row_count: int, num_tokens: int) -> None:
     """Refuse a row range that does not lie inside the token sequence."""
     if row_start < 0 or row_count < 1 or row_start + row_count > num_tokens:
-        raise UsageError(
+        raise InternalError(
             f"Query rows {row_start}..{row_start + row_count - 1} do not lie within the {num_tokens} tokens; "
             "pass row_start >= 0 and at least one row that ends by the last token."
         )

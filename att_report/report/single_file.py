@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from att_report.report.analysis_pages import rollout_sections, saliency_sections
-from att_report.atomic import PARTIAL_PREFIX
+from att_report.atomic import PARTIAL_PREFIX, check_replaceable
 from att_report.report.chunks import Chunk, HeadNaming, chunk_of, head_labels, plan_chunks, row_label
 from att_report.errors import OutputExistsError, UsageError
 from att_report.report.index_page import ChunkLinks, index_page, report_title
@@ -31,12 +31,7 @@ def check_single_file_target(output: Path, force: bool) -> None:
     """Refuse a folder, an existing file without --force, and any file this renderer did not write."""
     if output.is_dir():
         raise OutputExistsError(f"{output} is a folder; with --single-file, -o names the HTML file to write.")
-    if not output.exists():
-        return
-    if not force:
-        raise OutputExistsError(f"{output} already exists; choose another path or pass --force to replace it.")
-    if not _is_single_file_report(output):
-        raise OutputExistsError(f"{output} is not an att-report file; it is never replaced, so choose another path.")
+    check_replaceable(output, force, _is_single_file_report, "single-file report")
 
 
 def render_single_file(store: CaptureStore, output: Path, options: RenderOptions) -> Path:

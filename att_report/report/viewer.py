@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from att_report.report.encode import encode_rows
-from att_report.errors import UsageError
+from att_report.errors import InternalError
 from att_report.report.templating import render_template
 from att_report.report.page_types import MEAN, HeadLabel, Navigation, TokenText, token_data
 from att_report.report.readings import ATTENTION, OfferedControl, Reading, page_controls, page_readings
@@ -181,7 +181,7 @@ def _rows_note(row_start: int, row_count: int, num_tokens: int) -> str:
 def _check_text(text: TokenText) -> None:
     """Refuse token lists that disagree with each other."""
     if not text.tokens or len(text.special) != len(text.tokens) or not 0 <= text.prompt_length <= len(text.tokens):
-        raise UsageError(
+        raise InternalError(
             f"The page text has {len(text.tokens)} tokens, {len(text.special)} special flags and prompt length "
             f"{text.prompt_length}; expected at least one token, one flag per token and 0 <= prompt length <= tokens."
         )
@@ -190,14 +190,14 @@ def _check_text(text: TokenText) -> None:
 def _check_sections(text: TokenText, sections: Sequence[Section]) -> None:
     """Refuse sections whose keys repeat or whose matrices do not fit the tokens and head labels."""
     if not sections:
-        raise UsageError("A chunk page was asked for with no sections; pass at least one Section.")
+        raise InternalError("A chunk page was asked for with no sections; pass at least one Section.")
     keys = [section.key for section in sections]
     if len(set(keys)) != len(keys):
-        raise UsageError(f"Section keys {keys} repeat; give every section of a page its own key.")
+        raise InternalError(f"Section keys {keys} repeat; give every section of a page its own key.")
     for section in sections:
         shape = section.matrices.shape
         if len(shape) != 3 or shape[0] != len(section.heads) or shape[2] != len(text.tokens) or not section.heads:
-            raise UsageError(
+            raise InternalError(
                 f"Section {section.key!r} has matrices of shape {shape}; expected ({len(section.heads)} heads, rows, "
                 f"{len(text.tokens)} tokens) with at least one head, so pass one matrix per HeadLabel."
             )
