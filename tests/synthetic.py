@@ -32,9 +32,13 @@ def write_synthetic_store(
     neurons: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> list[np.ndarray]:
     """Write a store for `tokens` with random attention, and `neurons` (units (L, K), values (L, T, K)) as capture
-    writes them when given; return the float32 layers as written."""
+    writes them when given; return the float32 layers as written. For a float16 store the weights are drawn as
+    float16 values, so the store holds them exactly and the metrics the writer computes from them equal those
+    measured from the store."""
     rng = np.random.default_rng(seed)
     layers = [random_attention(rng, num_heads, len(tokens), causal) for _ in range(num_layers)]
+    if dtype == "float16":
+        layers = [layer.astype(np.float16).astype(np.float32) for layer in layers]
     completion_length = len(tokens) - prompt_length
     with staged_directory(path) as staging:
         writer = LayerWriter(staging, num_heads, len(tokens), causal, dtype)

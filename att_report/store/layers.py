@@ -1,0 +1,87 @@
+"""Read one stored layer a row block at a time: dense .npy layers (float16/float32, versions 1 and 2) memory-mapped,
+uint8-diffused layers chunk by chunk through their index. Neither ever materialises a layer's (heads, T, T) square."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from att_report.store.codec import SCALE, decode_chunk
+from att_report.store.format import ROW_BLOCK, key_mask
+
+
+@dataclass(frozen=True)
+class BlockShape:
+    """Query rows start..stop of one row block, the keys they can reach (width), and which cells hold weight."""
+
+    start: int
+    stop: int
+    width: int
+    mask: np.ndarray  # (rows, width) bool
+
+    @classmethod
+    def of(cls, block: int, num_tokens: int, causal: bool) -> BlockShape:
+        start, stop = block * ROW_BLOCK, min((block + 1) * ROW_BLOCK, num_tokens)
+        width = stop if causal else num_tokens
+        return cls(start, stop, width, key_mask(start, stop - start, width, causal))
+
+    def first_cell(self, num_tokens: int, causal: bool) -> int:
+        """Where row `start` begins among a head's cells (rows concatenated, each its keys 0..i or 0..T-1)."""
+        return self.start * (self.start + 1) // 2 if causal else self.start * num_tokens
+
+
+class DenseLayer:
+    """A (heads, cells) lower-triangle or (heads, T, T) square .npy layer, memory-mapped."""
+
+    def __init__(self, path: Path, num_tokens: int, causal: bool) -> None:
+        self.stored = np.load(path, mmap_mode="r", allow_pickle=False)
+        self.num_tokens, self.causal = num_tokens, causal
+
+    def block(self, positions: list[int], block: int) -> np.ndarray:
+        """Return float32 (heads, rows, T) of one row block for the stored head positions given."""
+        shape = BlockShape.of(block, self.num_tokens, self.causal)
+        out = np.zeros((len(positions), shape.stop - shape.start, self.num_tokens), dtype=np.float32)
+        if not self.causal:
+            out[:] = self.stored[positions, shape.start: shape.stop]
+            return out
+        first = shape.first_cell(self.num_tokens, True)
+        cells = self.stored[positions, first: first + int(shape.mask.sum())]
+        for offset, head_cells in enumerate(cells):
+            out[offset, :, : shape.width][shape.mask] = head_cells
+        return out
+
+
+class ChunkedLayer:
+    """A uint8-diffused layer: chunks of one head's row block, found through the (heads, blocks, 2) index of
+    (offset, length) into the .bin file."""
+
+    def __init__(self, path: Path, index: np.ndarray, num_tokens: int, causal: bool) -> None:
+        self.path, self.index = path, index
+        self.num_tokens, self.causal = num_tokens, causal
+
+    def block(self, positions: list[int], block: int) -> np.ndarray:
+        """Return float32 (heads, rows, T) of one row block for the stored head positions given."""
+        shape = BlockShape.of(block, self.num_tokens, self.causal)
+        out = np.zeros((len(positions), shape.stop - shape.start, self.num_tokens), dtype=np.float32)
+        size = int(shape.mask.sum())
+        with open(self.path, "rb") as handle:
+            for offset, position in enumerate(positions):
+                start, length = (int(value) for value in self.index[position, block])
+                handle.seek(start)
+                where = f"{self.path} chunk of stored head {position}, rows {shape.start}-{shape.stop - 1}"
+                cells = decode_chunk(handle.read(length), size, where)
+                out[offset, :, : shape.width][shape.mask] = cells.astype(np.float32) / np.float32(SCALE)
+        return out
+
+
+def read_rows(layer: DenseLayer | ChunkedLayer, positions: list[int], rows: np.ndarray, num_tokens: int
+              ) -> np.ndarray:
+    """Gather float32 (heads, len(rows), T) for the given query rows, reading each row block they touch once."""
+    result = np.zeros((len(positions), len(rows), num_tokens), dtype=np.float32)
+    blocks = rows // ROW_BLOCK
+    for block in np.unique(blocks).tolist():
+        wanted = np.flatnonzero(blocks == block)
+        result[:, wanted] = layer.block(positions, block)[:, rows[wanted] - block * ROW_BLOCK]
+    return result
