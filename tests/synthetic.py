@@ -30,18 +30,24 @@ def write_synthetic_store(
     seed: int = 0,
     dtype: str = "float16",
     neurons: tuple[np.ndarray, np.ndarray] | None = None,
+    layer_indices: list[int] | None = None,
+    head_indices: list[int] | None = None,
 ) -> list[np.ndarray]:
     """Write a store for `tokens` with random attention, and `neurons` (units (L, K), values (L, T, K)) as capture
-    writes them when given; return the float32 layers as written. For a float16 store the weights are drawn as
+    writes them when given; return the float32 layers as written (only `layer_indices` and `head_indices` of the
+    model's `num_layers` x `num_heads` when given). For a float16 store the weights are drawn as
     float16 values, so the store holds them exactly and the metrics the writer computes from them equal those
     measured from the store."""
     rng = np.random.default_rng(seed)
-    layers = [random_attention(rng, num_heads, len(tokens), causal) for _ in range(num_layers)]
+    stored_heads = num_heads if head_indices is None else len(head_indices)
+    stored_layers = num_layers if layer_indices is None else len(layer_indices)
+    layers = [random_attention(rng, stored_heads, len(tokens), causal) for _ in range(stored_layers)]
     if dtype == "float16":
         layers = [layer.astype(np.float16).astype(np.float32) for layer in layers]
     completion_length = len(tokens) - prompt_length
     with staged_directory(path) as staging:
-        writer = LayerWriter(staging, num_heads, len(tokens), causal, dtype)
+        writer = LayerWriter(staging, num_heads, len(tokens), causal, dtype, layer_indices=layer_indices,
+                             head_indices=head_indices)
         for layer in layers:
             writer.write(layer)
         write_manifest(staging, {

@@ -25,10 +25,11 @@ def diffuse(weights: np.ndarray) -> np.ndarray:
     running = np.cumsum(np.clip(weights, 0.0, 1.0), axis=-1, dtype=np.float64)
     running *= SCALE
     running += 0.5
-    np.floor(running, out=running)
-    steps = np.diff(running, axis=-1, prepend=0.0)
-    # A step above 255 needs a weight above 1 plus float64 rounding at a half; never seen, but never wrapped.
-    return np.minimum(steps, SCALE).astype(np.uint8)
+    prefix = np.floor(running, out=running).astype(np.int32)  # at most 255 * keys
+    del running
+    steps = np.diff(prefix, axis=-1, prepend=0)
+    # A step above 255 needs a weight of 1 plus float64 rounding at a half; never seen, but never wrapped.
+    return np.minimum(steps, 255).astype(np.uint8)
 
 
 def encode_chunk(cells: np.ndarray) -> bytes:

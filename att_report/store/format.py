@@ -29,7 +29,7 @@ ROW_BLOCK = 64  # query rows per compressed chunk of a `uint8-diffused` layer
 COMPACT = "uint8-diffused"
 AUTO = "auto"
 COMPACT_FROM_TOKENS = 1024  # `auto` stores float16 below this length, uint8-diffused from it on
-_HASH_CHUNK = 1 << 22
+_HASH_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -140,8 +140,8 @@ def unpack_layer(stored: np.ndarray, causal: bool, num_tokens: int) -> np.ndarra
 
 def sha256_of(path: Path) -> str:
     """Hash a file in chunks, so a multi-gigabyte layer never sits in memory twice."""
-    digest = hashlib.sha256()
+    digest, buffer = hashlib.sha256(), bytearray(_HASH_CHUNK)
     with open(path, "rb") as handle:
-        while chunk := handle.read(_HASH_CHUNK):
-            digest.update(chunk)
+        while size := handle.readinto(buffer):
+            digest.update(memoryview(buffer)[:size])
     return digest.hexdigest()

@@ -168,9 +168,11 @@ class LayerWriter:
         heads = range(head_start, head_start + weights.shape[0])
         self._check_block(layer, opened, heads, row_start, weights)
         end = row_start + weights.shape[1]
-        for start in range(row_start, end, ROW_BLOCK):
+        start = row_start
+        while start < end:
             stop = min(end, (start // ROW_BLOCK + 1) * ROW_BLOCK)  # split at row-block boundaries
             self._write_rows(opened, head_start, start, weights[:, start - row_start: stop - row_start])
+            start = stop
         opened.next_row[head_start: heads.stop] = end
 
     def _write_rows(self, opened: _OpenLayer, head_start: int, row_start: int, weights: np.ndarray) -> None:
