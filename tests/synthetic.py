@@ -19,13 +19,14 @@ def random_attention(rng: np.random.Generator, heads: int, tokens: int, causal: 
     return (weights / weights.sum(axis=-1, keepdims=True)).astype(np.float32)
 
 
-def heavy_tailed_rows(rng: np.random.Generator, heads: int, num_tokens: int, first_row: int = 0) -> np.ndarray:
-    """Make causal softmax rows first_row..T-1, (heads, rows, T) float32, shaped like SmolLM2's at length: a sink
-    on token 0, a bump on recent tokens, wide noise. At 4,627 tokens 98% of weights are below 1e-3 and 24% of a
-    row's mass lies in weights below 1/510 (measured on SmolLM2, layer 15: 96% and 21%)."""
-    query = np.arange(first_row, num_tokens)[:, None]
+def heavy_tailed_rows(rng: np.random.Generator, heads: int, num_tokens: int, first_row: int = 0,
+                      stop_row: int | None = None) -> np.ndarray:
+    """Make causal softmax rows first_row..stop_row-1 (default T-1), (heads, rows, T) float32, shaped like
+    SmolLM2's at length: a sink on token 0, a bump on recent tokens, wide noise. At 4,627 tokens 98% of weights
+    are below 1e-3 and 24% of a row's mass lies in weights below 1/510 (measured on SmolLM2, layer 15: 96%, 21%)."""
+    query = np.arange(first_row, num_tokens if stop_row is None else stop_row)[:, None]
     key = np.arange(num_tokens)[None, :]
-    scores = rng.normal(scale=2.8, size=(heads, num_tokens - first_row, num_tokens))
+    scores = rng.normal(scale=2.8, size=(heads, len(query), num_tokens))
     scores += np.where(key == 0, 9.0, 0.0) + 4.0 * np.exp(-np.abs(query - key) / 8.0)
     scores = np.where(key <= query, scores, -np.inf)
     weights = np.exp(scores - scores.max(axis=-1, keepdims=True))

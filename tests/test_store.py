@@ -16,6 +16,7 @@ import pytest
 
 import att_report
 from att_report.atomic import staged_directory
+from att_report.store.codec import to_float16
 from att_report.store import (
     COMPACT_FROM_TOKENS,
     LayerWriter,
@@ -397,3 +398,14 @@ def test_writer_never_holds_a_layer(tmp_path: Path) -> None:
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
         assert peak < heads * size * (size + 1) // 4, (dtype, peak)  # a quarter of the float16 layer
+
+
+def test_fast_float16_rounding_equals_numpy_bit_for_bit() -> None:
+    """The writer's float16 conversion (fast for subnormals) against numpy's own, at the halves where rounding
+    to even decides, across every exponent a weight can have."""
+    rng = np.random.default_rng(0)
+    halves = (np.arange(0, 2048) + 0.5) * 2.0**-24  # exactly between two float16 subnormals
+    values = np.concatenate([rng.uniform(0, 1, 20000), np.exp(rng.uniform(-40, 0, 20000)), halves,
+                             [0.0, 2.0**-24, 2.0**-25, 2.0**-14, 2.0**-14 * (1 - 2.0**-12), 1.0, 1e-30]])
+    values = values.astype(np.float32)
+    np.testing.assert_array_equal(to_float16(values).view(np.uint16), values.astype(np.float16).view(np.uint16))

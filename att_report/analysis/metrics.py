@@ -205,12 +205,23 @@ def stored_metrics_section(table: np.ndarray, source: str) -> dict[str, Any]:
 def head_metrics(store: CaptureStore) -> HeadMetrics:
     """Every metric of every stored head: as the capture computed them from the model's float32 weights when the
     store holds them, else measured from the stored weights, one block of rows at a time; `source` says which."""
-    stored = store.manifest["attention"].get("metrics")
-    if stored and stored.get("names") == list(METRIC_NAMES):
+    stored = _stored_metrics(store)
+    if stored is not None:
         return head_metrics_from_table(stored["values"], stored["source"], store.layer_indices, store.head_indices)
     table = [_measure_layer(store, layer) for layer in store.layer_indices]
-    source = f"measured from the stored weights ({store.encoding.bound})"
-    return head_metrics_from_table(np.array(table), source, store.layer_indices, store.head_indices)
+    return head_metrics_from_table(np.array(table), metrics_source(store), store.layer_indices, store.head_indices)
+
+
+def metrics_source(store: CaptureStore) -> str:
+    """Say where `head_metrics(store)` takes its values from, without computing them."""
+    stored = _stored_metrics(store)
+    return stored["source"] if stored is not None else f"measured from the stored weights ({store.encoding.bound})"
+
+
+def _stored_metrics(store: CaptureStore) -> dict[str, Any] | None:
+    """The capture's metrics section, when it has one with exactly today's metrics."""
+    stored = store.manifest["attention"].get("metrics")
+    return stored if stored and stored.get("names") == list(METRIC_NAMES) else None
 
 
 def _measure_layer(store: CaptureStore, layer: int) -> np.ndarray:

@@ -16,6 +16,7 @@ from att_report.store.format import (
     FORMAT_VERSION,
     MANIFEST_NAME,
     Encoding,
+    index_spans,
     lower_triangle_mask,
     pack_layer,
     resolve_encoding,
@@ -27,8 +28,8 @@ from att_report.store.space import check_disk_space, human_bytes, projected_stor
 from att_report.store.writer import LayerWriter, write_array, write_manifest
 
 __all__ = [
-    "ATTENTION_DTYPE_CHOICES", "COMPACT_FROM_TOKENS", "ENCODINGS", "EXTRA_ARRAYS", "FORMAT_NAME", "FORMAT_VERSION",
-    "MANIFEST_NAME",     "CaptureStore", "Encoding", "LayerWriter", "check_disk_space", "human_bytes", "inside_store", "is_store", "load",
-    "lower_triangle_mask", "pack_layer", "projected_store_bytes", "resolve_encoding", "stored_shape",
-    "unpack_layer", "write_array", "write_manifest",
+    "ATTENTION_DTYPE_CHOICES", "COMPACT_FROM_TOKENS", "CaptureStore", "ENCODINGS", "EXTRA_ARRAYS", "Encoding",
+    "FORMAT_NAME", "FORMAT_VERSION", "LayerWriter", "MANIFEST_NAME", "check_disk_space", "human_bytes", "index_spans",
+    "inside_store", "is_store", "load", "lower_triangle_mask", "pack_layer", "projected_store_bytes",
+    "resolve_encoding", "stored_shape", "unpack_layer", "write_array", "write_manifest",
 ]

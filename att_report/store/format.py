@@ -73,13 +73,25 @@ def resolve_encoding(choice: str, num_tokens: int) -> Encoding:
         return ENCODINGS[COMPACT if num_tokens >= COMPACT_FROM_TOKENS else "float16"]
     name = COMPACT if choice == "uint8" else choice
     if name not in ENCODINGS:
-        raise StoreError(f"attention dtype {choice!r} is not storable; use one of {', '.join(ATTENTION_DTYPE_CHOICES)}.")
+        raise StoreError(f"attention dtype {choice!r} is not storable; use one of "
+                         f"{', '.join(ATTENTION_DTYPE_CHOICES)}.")
     return ENCODINGS[name]
 
 
 def encoding_of_v1(dtype: str) -> Encoding:
     """The encoding a version-1 store used: its `attention.dtype`."""
     return ENCODINGS[dtype]
+
+
+def index_spans(indices: list[int]) -> str:
+    """Write indices as ranges, `0-3, 7`, as the --layers and --heads options take them."""
+    spans: list[str] = []
+    for index in indices:
+        if spans and index == int(spans[-1].split("-")[-1]) + 1:
+            spans[-1] = f"{spans[-1].split('-')[0]}-{index}"
+        else:
+            spans.append(str(index))
+    return ", ".join(spans)
 
 
 def layer_file_name(layer: int, encoding: Encoding) -> str:

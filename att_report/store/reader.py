@@ -11,7 +11,14 @@ import numpy as np
 import orjson
 
 from att_report.errors import StoreError
-from att_report.store.format import ENCODINGS, FORMAT_NAME, MANIFEST_NAME, Encoding, encoding_of_v1
+from att_report.store.format import (
+    ENCODINGS,
+    FORMAT_NAME,
+    MANIFEST_NAME,
+    Encoding,
+    encoding_of_v1,
+    index_spans,
+)
 from att_report.store.layers import ChunkedLayer, DenseLayer, read_rows
 
 
@@ -110,7 +117,8 @@ class CaptureStore:
     def file_entry(self, layer: int) -> dict[str, Any]:
         """The manifest's file entry of the model's `layer`, or a StoreError naming the stored layers."""
         if layer not in self.layer_indices:
-            raise StoreError(f"layer {layer} is not stored in {self.path}; it holds layers {_spans(self.layer_indices)}.")
+            raise StoreError(f"layer {layer} is not stored in {self.path}; it holds layers "
+                             f"{index_spans(self.layer_indices)}.")
         return dict(self.manifest["attention"]["files"][self.layer_indices.index(layer)])
 
     def _layer_source(self, layer: int) -> DenseLayer | ChunkedLayer:
@@ -122,7 +130,8 @@ class CaptureStore:
 
     def _head_position(self, head: int) -> int:
         if head not in self.head_indices:
-            raise StoreError(f"head {head} is not stored in {self.path}; it holds heads {_spans(self.head_indices)}.")
+            raise StoreError(f"head {head} is not stored in {self.path}; it holds heads "
+                             f"{index_spans(self.head_indices)}.")
         return self.head_indices.index(head)
 
     def extra_array(self, section: str, key: str) -> np.ndarray | None:
@@ -141,17 +150,6 @@ class CaptureStore:
         """Return (units (layers, K), values (layers, T, K)) of the most varying hidden units, if captured."""
         units, values = self.extra_array("neurons", "units"), self.extra_array("neurons", "values")
         return None if units is None or values is None else (np.asarray(units), np.asarray(values, dtype=np.float32))
-
-
-def _spans(indices: list[int]) -> str:
-    """Write indices as ranges, `0-3, 7`, as the --layers and --heads options take them."""
-    spans: list[str] = []
-    for index in indices:
-        if spans and index == int(spans[-1].split("-")[-1]) + 1:
-            spans[-1] = f"{spans[-1].split('-')[0]}-{index}"
-        else:
-            spans.append(str(index))
-    return ", ".join(spans)
 
 
 def is_store(path: Path) -> bool:

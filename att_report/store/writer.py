@@ -18,7 +18,7 @@ import orjson
 
 from att_report.analysis.metrics import HeadAccumulator, stored_metrics_section
 from att_report.errors import StoreError
-from att_report.store.codec import diffuse, encode_chunk
+from att_report.store.codec import diffuse, encode_chunk, to_float16
 from att_report.store.format import (
     AUTO,
     FORMAT_NAME,
@@ -80,9 +80,10 @@ class _DenseLayer:
         self.handle = open(self.path, "r+b")
 
     def write(self, head: int, first_cell: int, cells: np.ndarray) -> None:
-        """Write consecutive cells of one head, from its cell `first_cell` on."""
+        """Write consecutive float32 cells of one head, from its cell `first_cell` on."""
         self.handle.seek(self.offset + (head * self.head_cells + first_cell) * self.dtype.itemsize)
-        self.handle.write(memoryview(np.ascontiguousarray(cells, dtype=self.dtype)))
+        stored = to_float16(cells) if self.dtype == np.float16 else np.ascontiguousarray(cells, dtype=self.dtype)
+        self.handle.write(memoryview(stored))
 
     def close(self) -> dict[str, Any]:
         self.handle.close()
