@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -62,7 +61,6 @@ def metric(name: str) -> Metric:
     raise UsageError(f"there is no metric {name!r}; use one of {', '.join(METRIC_NAMES)}.")
 
 
-@lru_cache(maxsize=4)
 def _distances(row_start: int, rows: int, keys: int) -> np.ndarray:
     """(rows, keys) float32 |i - j| of query rows row_start.. against keys 0..keys-1."""
     return np.abs(np.arange(row_start, row_start + rows)[:, None] - np.arange(keys)[None, :]).astype(np.float32)
