@@ -409,3 +409,59 @@ def test_fast_float16_rounding_equals_numpy_bit_for_bit() -> None:
                              [0.0, 2.0**-24, 2.0**-25, 2.0**-14, 2.0**-14 * (1 - 2.0**-12), 1.0, 1e-30]])
     values = values.astype(np.float32)
     np.testing.assert_array_equal(to_float16(values).view(np.uint16), values.astype(np.float16).view(np.uint16))
+
+
+@pytest.fixture
+def compact(tmp_path: Path) -> Path:
+    path = tmp_path / "compact"
+    write_synthetic_store(path, [f"t{i}" for i in range(100)], 90, dtype="uint8")  # two row blocks
+    att_report.load(path)
+    return path
+
+
+def replace_index(change: Callable[[np.ndarray], None], replacement: np.ndarray | None = None
+                  ) -> Callable[[Path], None]:
+    """Rewrite layer 1's chunk index (changed, or replaced whole), checksum and all, so only its content is wrong."""
+    def damage(path: Path) -> None:
+        index = np.load(path / "attention" / "layer-001.index.npy") if replacement is None else replacement
+        change(index)
+        entry = write_array(path, "attention/layer-001.index.npy", index)
+        edit_manifest(lambda manifest: manifest["attention"]["files"][1].update(index=entry))(path)
+
+    return damage
+
+
+COMPACT_DAMAGES: dict[str, tuple[Callable[[Path], None], str]] = {
+    "chunk beyond the file": (replace_index(lambda index: index.__setitem__((2, 1, 0), 10**6)),
+                              r"layer index .*layer-001\.index\.npy points outside its layer file"),
+    "chunk index of another shape": (replace_index(lambda index: None, np.zeros((3, 1, 2), np.int64)),
+                                     r"holds int64 \(3, 1, 2\), expected int64 \(3, 2, 2\)"),
+    "missing chunk index": (edit_manifest(lambda manifest: manifest["attention"]["files"][1].pop("index")),
+                            r"has a layer index entry without a path"),
+    "other row blocks": (edit_manifest(set_key("attention", "row_block", 32)),
+                         r"has 'attention\.row_block' 32; this att-report reads blocks of 64 rows"),
+}
+
+
+@pytest.mark.parametrize("damage", COMPACT_DAMAGES)
+def test_damaged_compact_store_is_refused_naming_the_problem(damage: str, compact: Path) -> None:
+    change, message = COMPACT_DAMAGES[damage]
+    change(compact)
+    with pytest.raises(att_report.AttReportError, match=message):
+        att_report.load(compact)
+
+
+def test_a_damaged_chunk_read_without_checksums_is_named(compact: Path) -> None:
+    index = np.load(compact / "attention" / "layer-001.index.npy")
+    offset, length = index[1, 0]
+    layer = compact / "attention" / "layer-001.bin"
+    data = bytearray(layer.read_bytes())
+    data[offset + length // 2] ^= 0xFF
+    layer.write_bytes(bytes(data))
+    with pytest.raises(att_report.AttReportError, match=r"layer-001\.bin does not match its sha256"):
+        att_report.load(compact)
+    store = att_report.load(compact, verify=False)
+    store.attention(1, heads=[0, 2])  # the other chunks still read
+    with pytest.raises(att_report.AttReportError, match=r"layer-001\.bin chunk of stored head 1, rows 0-63 (is not a "
+                                                        r"valid zlib stream|does not decode to its 2080 weights)"):
+        store.attention(1, heads=[1], rows=[3])
