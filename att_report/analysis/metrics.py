@@ -73,10 +73,8 @@ class HeadAccumulator:
     def __init__(self, num_heads: int, num_tokens: int, causal: bool) -> None:
         self.num_tokens, self.causal = num_tokens, causal
         self.keys = np.arange(1, num_tokens + 1) if causal else np.full(num_tokens, num_tokens)
-        zeros = lambda: np.zeros(num_heads)  # noqa: E731
-        self.peak, self.peak_any = zeros(), zeros()
-        self.row_max, self.entropy, self.sparse = zeros(), zeros(), zeros()
-        self.total, self.squares, self.sink, self.distance = zeros(), zeros(), zeros(), zeros()
+        (self.peak, self.peak_any, self.row_max, self.entropy, self.sparse, self.total, self.squares, self.sink,
+         self.distance) = np.zeros((9, num_heads))  # per head: running maxima and sums
         self.histogram = np.zeros((num_heads, MEDIAN_BINS), dtype=np.int64)
 
     def add(self, head_start: int, row_start: int, weights: np.ndarray) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -124,7 +124,7 @@ class _OpenLayer:
 
     file: _DenseLayer | _ChunkedLayer
     metrics: HeadAccumulator
-    next_row: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    next_row: np.ndarray
 
 
 class LayerWriter:
@@ -149,11 +149,6 @@ class LayerWriter:
         self.metrics: dict[int, np.ndarray] = {}
         self._open: dict[int, _OpenLayer] = {}
         (directory / LAYER_DIR).mkdir(parents=True, exist_ok=True)
-
-    @property
-    def dtype(self) -> str:
-        """The numpy dtype of the stored values."""
-        return self.encoding.dtype
 
     def write(self, attention: np.ndarray) -> None:
         """Store the next layer whole, given as float32 (stored heads, T, T)."""
