@@ -44,11 +44,12 @@ def write_synthetic_store(
     seed: int = 0,
     dtype: str = "float16",
     neurons: tuple[np.ndarray, np.ndarray] | None = None,
+    special: list[bool] | None = None,
     layer_indices: list[int] | None = None,
     head_indices: list[int] | None = None,
 ) -> list[np.ndarray]:
     """Write a store for `tokens` with random attention, and `neurons` (units (L, K), values (L, T, K)) as capture
-    writes them when given; return the float32 layers as written (only `layer_indices` and `head_indices` of the
+    writes them when given, the tokens flagged `special` (none by default); return the float32 layers as written (only `layer_indices` and `head_indices` of the
     model's `num_layers` x `num_heads` when given). For a float16 store the weights are drawn as
     float16 values, so the store holds them exactly and the metrics the writer computes from them equal those
     measured from the store."""
@@ -74,7 +75,7 @@ def write_synthetic_store(
             "input": {"mode": "raw", "prompt": "".join(tokens[:prompt_length]), "system": None},
             "tokens": {
                 "ids": list(range(len(tokens))), "text": tokens,
-                "special": [False] * len(tokens), "prompt_length": prompt_length,
+                "special": special or [False] * len(tokens), "prompt_length": prompt_length,
             },
             "generation": {"mode": "given" if completion_length else "none"},
             "completion": {

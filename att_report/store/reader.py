@@ -82,6 +82,12 @@ class CaptureStore:
         """The numpy dtype of the stored values: float16, float32, or uint8 (uint8-diffused)."""
         return self.encoding.dtype
 
+    def _repr_html_(self) -> str:
+        """Show the report inline when a store is the last expression of a Jupyter cell."""
+        from att_report.report.notebook import store_html  # the report package builds on the store, not the reverse
+
+        return store_html(self)
+
     @property
     def layer_indices(self) -> list[int]:
         """The model's layers this store holds, ascending."""
