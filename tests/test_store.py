@@ -141,6 +141,8 @@ DAMAGES: dict[str, tuple[Callable[[Path], None], str]] = {
                              r"names layer file 'attention/\.\./\.\./outside\.npy', outside the store"),
     "absolute path": (escape_to(lambda path: str(path.parent / "outside.npy")),
                       r"names layer file '/.*outside\.npy', outside the store"),
+    "path with a NUL": (escape_to(lambda path: "attention/layer-001.npy\x00.txt"),
+                        r"names layer file 'attention/layer-001\.npy\\x00\.txt', outside the store"),
     "symlinked layer file": (symlink_layer, r"layer file .*layer-001\.npy is a symbolic link"),
     "symlinked directory": (symlink_directory, r"layer file .*attention is a symbolic link"),
     "saliency of another shape": (add_array("saliency", "grad_norm", np.zeros((6, 5), np.float32)),

@@ -164,7 +164,7 @@ def inside_store(store: CaptureStore, entry: Any, what: str) -> Path:
     if not isinstance(relative, str) or not relative:
         raise StoreError(f"{manifest} has a {what} entry without a path; the capture is damaged, capture it again.")
     pure = PurePosixPath(relative)
-    if pure.is_absolute() or ".." in pure.parts or "\\" in relative:
+    if pure.is_absolute() or ".." in pure.parts or "\\" in relative or "\x00" in relative:
         raise StoreError(f"{manifest} names {what} {relative!r}, outside the store; a store only refers to files "
                          "inside itself, so do not open this one (capture it again).")
     path = current = store.path / pure
