@@ -22,14 +22,19 @@ SCALE = 255.0
 
 def diffuse(weights: np.ndarray) -> np.ndarray:
     """Quantize (..., keys) float weights along the last axis to error-diffused uint8 bytes (see the module)."""
-    running = np.cumsum(np.clip(weights, 0.0, 1.0), axis=-1, dtype=np.float64)
+    if weights.size and (weights.min() < 0 or weights.max() > 1):
+        weights = np.clip(weights, 0.0, 1.0)  # never for softmax weights, so no copy in the common case
+    running = np.cumsum(weights, axis=-1, dtype=np.float64)
     running *= SCALE
     running += 0.5
-    prefix = np.floor(running, out=running).astype(np.int32)  # at most 255 * keys
-    del running
-    steps = np.diff(prefix, axis=-1, prepend=0)
+    np.floor(running, out=running)  # Q_j
+    steps = np.empty(running.shape, dtype=np.uint8)
+    steps[..., :1] = running[..., :1]
+    between = np.subtract(running[..., 1:], running[..., :-1])
     # A step above 255 needs a weight of 1 plus float64 rounding at a half; never seen, but never wrapped.
-    return np.minimum(steps, 255).astype(np.uint8)
+    np.minimum(between, SCALE, out=between)
+    steps[..., 1:] = between
+    return steps
 
 
 def to_float16(values: np.ndarray) -> np.ndarray:
