@@ -33,13 +33,13 @@ class BlockShape:
             return (self.stop - self.start) * self.width
         return self.stop * (self.stop + 1) // 2 - self.start * (self.start + 1) // 2
 
-    def first_cell(self, num_tokens: int, causal: bool) -> int:
+    @property
+    def first_cell(self) -> int:
         """Where row `start` begins among a head's cells (rows concatenated, each its keys 0..i or 0..T-1)."""
-        return self.start * (self.start + 1) // 2 if causal else self.start * num_tokens
+        return self.start * (self.start + 1) // 2 if self.causal else self.start * self.width
 
     def fill(self, target: np.ndarray, cells: np.ndarray) -> None:
-        """Lay the block's cells out as its rows in `target` (rows, T): one contiguous copy per row, several
-        times faster than scattering through a boolean mask."""
+        """Lay the block's cells out as its rows in `target` (rows, T), one contiguous copy per row."""
         if not self.causal:
             target[:] = cells.reshape(target.shape)
             return
@@ -63,7 +63,7 @@ class DenseLayer:
         if not self.causal:
             out[:] = self.stored[positions, shape.start: shape.stop]
             return out
-        first = shape.first_cell(self.num_tokens, True)
+        first = shape.first_cell
         cells = self.stored[positions, first: first + shape.cells]
         for offset, head_cells in enumerate(cells):
             shape.fill(out[offset], head_cells)
