@@ -163,7 +163,7 @@ def add_capture_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--saliency", action="store_true", help=helped("saliency"))
     parser.add_argument("--neurons", type=int, default=0, metavar="K", help=helped("neurons"))
     parser.add_argument("--predict-all", action="store_true", help=helped("predict_all"))
-    parser.add_argument("--attention-dtype", choices=ATTENTION_DTYPE_CHOICES, default="float16", help=helped("attention_dtype"))
+    parser.add_argument("--attention-dtype", choices=ATTENTION_DTYPE_CHOICES, default="auto", help=helped("attention_dtype"))
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
 
 

@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 import orjson
 
-from att_report.analysis.metrics import METRICS, HeadMetrics, head_metrics
-from att_report.store import CaptureStore, load
+from att_report.analysis.metrics import METRICS, HeadMetrics, head_metrics, metrics_source
+from att_report.store import CaptureStore, human_bytes, index_spans, load
 from att_report.report.page_types import token_label
 
 TEXT_LIMIT = 100  # characters of prompt, system and completion text shown on a terminal line
@@ -49,11 +49,22 @@ def capture_facts(store: CaptureStore) -> dict[str, Any]:
         "input": {key: text_input.get(key) for key in ("mode", "system", "prompt")},
         "completion": "".join(store.tokens[store.prompt_length:]),
         "generation": dict(manifest["generation"]),
-        "attention": {key: manifest["attention"].get(key) for key in ("dtype", "layout")},
+        "attention": attention_facts(store),
         "size_bytes": directory_size(store.path),
         "optional": optional_arrays(manifest),
         "software": dict(manifest["software"]),
         "timings": dict(manifest["timings"]),
+    }
+
+
+def attention_facts(store: CaptureStore) -> dict[str, Any]:
+    """How the attention is stored, how faithful it is, what it covers, and where the head metrics come from."""
+    encoding = store.encoding
+    return {
+        "encoding": encoding.name, "dtype": encoding.dtype, "layout": store.manifest["attention"]["layout"],
+        "bound": encoding.bound, "weight_bound": encoding.weight_bound, "sum_bound": encoding.sum_bound,
+        "layer_indices": store.layer_indices, "head_indices": store.head_indices,
+        "metrics_source": metrics_source(store),
     }
 
 
@@ -93,6 +104,9 @@ def metrics_document(metrics: HeadMetrics) -> dict[str, Any]:
     return {
         "definitions": [{"name": m.name, "label": m.label, "description": m.description} for m in METRICS],
         "values": {m.name: metrics.values(m.name).tolist() for m in METRICS},
+        "source": metrics.source,
+        "layer_indices": list(metrics.layer_indices),
+        "head_indices": list(metrics.head_indices),
     }
 
 
@@ -119,6 +133,10 @@ def fact_lines(facts: dict[str, Any]) -> list[tuple[str, str]]:
         ("stop reason", generation.get("stop_reason")),
         ("device", generation.get("device")),
         ("attention", _attention_summary(facts["attention"], generation.get("record_attention"))),
+        ("bound", facts["attention"]["bound"]),
+        ("stored layers", _scope(facts["attention"]["layer_indices"], model["num_layers"])),
+        ("stored heads", _scope(facts["attention"]["head_indices"], model["num_heads"])),
+        ("head metrics", facts["attention"]["metrics_source"]),
         ("size on disk", _size(facts["size_bytes"])),
         ("optional arrays", _optional_summary(facts["optional"])),
         ("software", _listing(facts["software"], "{key} {value}")),
@@ -146,7 +164,8 @@ def metrics_table(metrics: HeadMetrics) -> list[str]:
     header = ["layer", "head", *(m.label for m in METRICS)]
     columns = [metrics.values(m.name) for m in METRICS]
     rows = [
-        [str(layer), str(head), *(format(float(values[layer, head]), m.spec) for m, values in zip(METRICS, columns))]
+        [str(metrics.layer_indices[layer]), str(metrics.head_indices[head]),
+         *(format(float(values[layer, head]), m.spec) for m, values in zip(METRICS, columns))]
         for layer, head in np.ndindex(*metrics.shape)
     ]
     widths = [max(len(row[index]) for row in (header, *rows)) for index in range(len(header))]
@@ -168,15 +187,17 @@ def _generation_summary(generation: dict[str, Any]) -> str:
 
 
 def _attention_summary(attention: dict[str, Any], recorded_with: str | None) -> str:
-    summary = f"{attention['dtype']}, {attention['layout']}"
+    summary = f"{attention['encoding']}, {attention['layout']}"
     return summary if recorded_with is None else f"{summary}, recorded with {recorded_with} attention"
 
 
+def _scope(indices: list[int], count: int) -> str:
+    return f"all {count}" if indices == list(range(count)) else f"{index_spans(indices)} (of {count})"
+
+
 def _size(size: int) -> str:
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if size >= scale:
-            return f"{size / scale:.1f} {unit} ({size:,} bytes)"
-    return f"{size} bytes"
+    shown = human_bytes(size)
+    return shown if shown.endswith(" bytes") else f"{shown} ({size:,} bytes)"
 
 
 def _optional_summary(optional: dict[str, dict[str, int] | None]) -> str:

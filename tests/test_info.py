@@ -15,7 +15,7 @@ import pytest
 
 import att_report
 from att_report.cli import main
-from att_report.store import MANIFEST_NAME
+from att_report.store import ENCODINGS, MANIFEST_NAME
 from synthetic import write_synthetic_store
 
 REPO = Path(__file__).resolve().parent.parent
@@ -80,6 +80,9 @@ def test_text_states_the_facts(capture: Path, capsys: pytest.CaptureFixture[str]
     assert _line(out, "stop reason") == "length"
     assert _line(out, "device") == "cuda:0"
     assert _line(out, "attention") == "float16, lower-triangle, recorded with eager attention"
+    assert _line(out, "bound").startswith("float16: each weight within 2^-11 of its value, relative")
+    assert _line(out, "stored layers") == "all 3" and _line(out, "stored heads") == "all 4"
+    assert _line(out, "head metrics") == "computed at capture from the model's float32 weights"
     size = sum(entry.stat().st_size for entry in capture.rglob("*") if entry.is_file())
     assert f"({size:,} bytes)" in _line(out, "size on disk")
     assert _line(out, "optional arrays") == "neurons (k=8)"
@@ -116,7 +119,11 @@ def test_json_matches_the_store(capture: Path, capsys: pytest.CaptureFixture[str
     assert document["input"]["prompt"] == "Why is\nthe sky?"  # full text, not shortened or spelled
     assert document["completion"] == "".join(TOKENS[PROMPT_LENGTH:])
     assert document["generation"]["seed"] == 7 and document["generation"]["stop_reason"] == "length"
-    assert document["attention"] == {"dtype": "float16", "layout": "lower-triangle"}
+    assert document["attention"] == {
+        "encoding": "float16", "dtype": "float16", "layout": "lower-triangle", "bound": ENCODINGS["float16"].bound,
+        "weight_bound": 2**-12, "sum_bound": 2**-11, "layer_indices": [0, 1, 2], "head_indices": [0, 1, 2, 3],
+        "metrics_source": "computed at capture from the model's float32 weights",
+    }
     assert document["size_bytes"] == sum(
         os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(capture) for name in names
     )
@@ -134,7 +141,9 @@ def test_json_metrics_match_the_attention(capture: Path, capsys: pytest.CaptureF
     for layer in range(3):
         attention = store.attention(layer).astype(np.float64)
         np.testing.assert_allclose(metrics["values"]["sink"][layer], attention[:, :, 0].mean(axis=1), atol=1e-6)
-        np.testing.assert_allclose(metrics["values"]["max_weight"][layer], attention.max(axis=(1, 2)), atol=1e-6)
+        np.testing.assert_allclose(metrics["values"]["max_weight"][layer], attention[:, 1:].max(axis=(1, 2)),
+                                   atol=1e-6)  # rows with two keys and more
+    assert metrics["source"] == "computed at capture from the model's float32 weights"
 
 
 def test_metrics_table_has_every_head_in_aligned_columns(capture: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -149,6 +158,20 @@ def test_metrics_table_has_every_head_in_aligned_columns(capture: Path, capsys: 
     sink_1_2 = float(store.attention(1)[2, :, 0].astype(np.float64).mean())
     assert table[1 + 1 * 4 + 2].split()[sink_column] == f"{sink_1_2:.3f}"
     assert any(line.startswith("entropy") and "log(keys" in line for line in lines[header_at:])  # the legend
+
+
+def test_compact_scoped_capture_says_its_encoding_scope_and_bound(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    write_synthetic_store(tmp_path / "c", TOKENS, PROMPT_LENGTH, num_layers=6, num_heads=5, dtype="uint8",
+                          layer_indices=[0, 2, 3, 4], head_indices=[1, 4])
+    _, out, _ = _run(["info", str(tmp_path / "c"), "--metrics"], capsys)
+    assert _line(out, "attention") == "uint8-diffused, lower-triangle"
+    assert _line(out, "bound").startswith("uint8-diffused: each weight within 1/255 (0.0039)")
+    assert _line(out, "stored layers") == "0, 2-4 (of 6)" and _line(out, "stored heads") == "1, 4 (of 5)"
+    lines = out.splitlines()
+    header_at = next(index for index, line in enumerate(lines) if line.split()[:2] == ["layer", "head"])
+    shown = [tuple(map(int, line.split()[:2])) for line in lines[header_at + 1: header_at + 9]]
+    assert shown == [(layer, head) for layer in (0, 2, 3, 4) for head in (1, 4)]  # the model's indices
 
 
 def test_a_damaged_capture_is_one_error_line(capture: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,100 +1,30 @@
 """Numbers the report shows beside the matrices: per-head metrics, per-layer statistics, head means, rollout.
 
-Pure numpy, no torch: this is the render side. Everything reads the store one layer at a time. Head metrics work
-on a layer's cells as stored (each head's rows concatenated; for a causal model only the lower triangle, the cells
-that can hold weight), so they never unpack a layer into its (heads, T, T) square.
+Pure numpy, no torch. Head metrics are sums over cells, so they stream: `HeadAccumulator` takes a layer block by
+block (any heads, any rows), which lets the store's writer compute them during capture from the model's float32
+weights, and lets a store without them (version 1) be measured from its stored weights one row block at a time.
+For a causal model only the cells that can hold weight (key j <= query i) count.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from functools import lru_cache
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from att_report.errors import UsageError
-from att_report.store import CaptureStore, pack_layer, unpack_layer
+
+if TYPE_CHECKING:  # the store imports this module to measure what it writes
+    from att_report.store import CaptureStore
 
 SPARSE_BELOW = 0.01  # a weight under this counts as "no attention" for the sparsity metric
+ROWS_PER_READ = 64  # query rows read from a store at a time
+MEDIAN_BITS = 16  # a float32's sign, exponent and top 7 mantissa bits: histogram bins 2^-7 wide, relative
+MEDIAN_BINS = (0x3F800000 >> MEDIAN_BITS) + 1  # up to the bin of 1.0
+MEDIAN_BOUND = 2.0**-8  # the median estimate is within this of the median, relative
 _TINY = np.finfo(np.float32).tiny
-
-
-@dataclass(frozen=True)
-class RowLayout:
-    """Where each query row lies in a layer's flattened cells, how many keys it sees, and each cell's |i - j|."""
-
-    starts: np.ndarray  # (T,) offset of row i's first cell (its key 0)
-    keys: np.ndarray  # (T,) number of keys row i can attend to
-    distance: np.ndarray  # (cells,) |i - j| of each cell, float32
-
-
-@lru_cache(maxsize=2)
-def row_layout(num_tokens: int, causal: bool) -> RowLayout:
-    """Describe the cell order of `store.pack_layer`: row by row, keys 0..i (causal) or 0..T-1 (square)."""
-    rows = np.arange(num_tokens)
-    if causal:
-        keys = rows + 1
-        starts = rows * (rows + 1) // 2
-        row_of_cell = np.repeat(rows, keys)
-        column_of_cell = np.arange(starts[-1] + keys[-1]) - np.repeat(starts, keys)
-    else:
-        keys = np.full(num_tokens, num_tokens)
-        starts = rows * num_tokens
-        row_of_cell, column_of_cell = np.divmod(np.arange(num_tokens * num_tokens), num_tokens)
-    distance = np.abs(row_of_cell - column_of_cell).astype(np.float32)
-    return RowLayout(starts=starts, keys=keys, distance=distance)
-
-
-def _row_sums(values: np.ndarray, layout: RowLayout) -> np.ndarray:
-    """Sum one head's cells row by row: (cells,) -> (T,). In float32 (8x faster than float64 here): a row of T
-    terms rounds by at most about T * 2^-24, far below the float16 store's 2^-11."""
-    return np.add.reduceat(values, layout.starts)
-
-
-def _max_weight(cells: np.ndarray, layout: RowLayout) -> float:
-    return float(cells.max())
-
-
-def _mean_row_max(cells: np.ndarray, layout: RowLayout) -> float:
-    return float(np.maximum.reduceat(cells, layout.starts).mean(dtype=np.float64))
-
-
-def _entropy(cells: np.ndarray, layout: RowLayout) -> float:
-    """Mean over rows with at least two keys of H(row) / log(keys). A row with one key (causal row 0) has no
-    choice to spread over, so it is left out rather than counted as 0 or 1; a sequence of one token gives 0."""
-    choosing = layout.keys > 1
-    if not choosing.any():
-        return 0.0
-    plogp = np.maximum(cells, _TINY)
-    np.log(plogp, out=plogp)
-    plogp *= cells  # 0 * log(tiny) = 0: a zero weight adds nothing
-    row_entropy = -_row_sums(plogp, layout)[choosing]
-    return float((row_entropy / np.log(layout.keys[choosing])).mean())
-
-
-def _sparsity(cells: np.ndarray, layout: RowLayout) -> float:
-    return np.count_nonzero(cells < SPARSE_BELOW) / cells.size
-
-
-def _median(cells: np.ndarray, layout: RowLayout) -> float:
-    """Select the middle cells with a partition, never a full sort. Weights are non-negative, and non-negative
-    float32 values order exactly as their bit patterns read as int32, which numpy selects about 30% faster."""
-    middle = ((cells.size - 1) // 2, cells.size // 2)
-    selected = np.partition(cells.view(np.int32), middle)[list(middle)].view(np.float32)
-    return float(selected.mean(dtype=np.float64))
-
-
-def _std(cells: np.ndarray, layout: RowLayout) -> float:
-    return float(cells.std())  # numpy sums float32 pairwise: about 1e-9 from a float64 computation here
-
-
-def _sink(cells: np.ndarray, layout: RowLayout) -> float:
-    return float(cells[layout.starts].mean(dtype=np.float64))
-
-
-def _distance(cells: np.ndarray, layout: RowLayout) -> float:
-    return float(_row_sums(cells * layout.distance, layout).mean(dtype=np.float64))
 
 
 @dataclass(frozen=True)
@@ -105,21 +35,20 @@ class Metric:
     label: str
     description: str
     spec: str  # format spec for tables
-    compute: Callable[[np.ndarray, RowLayout], float]  # one head's cells, row after row -> the value
 
 
 METRICS: tuple[Metric, ...] = (
-    Metric("max_weight", "max", "largest single weight in the head", ".4f", _max_weight),
-    Metric("mean_row_max", "row max", "mean over query tokens of the largest weight each gives (how focused)",
-           ".4f", _mean_row_max),
+    Metric("max_weight", "max", "largest single weight among rows with at least two keys (a causal row 0 has one "
+           "key, weight 1, in every head)", ".4f"),
+    Metric("mean_row_max", "row max", "mean over query tokens of the largest weight each gives (how focused)", ".4f"),
     Metric("entropy", "entropy", "mean row entropy / log(keys the token sees): 0 all on one key, 1 spread evenly; "
-           "rows with one key left out", ".3f", _entropy),
+           "rows with one key left out", ".3f"),
     Metric("sparsity", "sparse", f"share of weights below {SPARSE_BELOW} among the cells that can hold weight "
-           "(the lower triangle if causal)", ".3f", _sparsity),
-    Metric("median", "median", "median weight over the same cells", ".3g", _median),
-    Metric("std", "std", "standard deviation of the weights over the same cells", ".4f", _std),
-    Metric("sink", "sink", "mean over query tokens of the weight on the first token (attention sink)", ".3f", _sink),
-    Metric("distance", "distance", "mean over query tokens of sum_j w_ij * |i - j|, in tokens", ".1f", _distance),
+           "(the lower triangle if causal)", ".3f"),
+    Metric("median", "median", "median weight over the same cells (from a histogram: within 0.4%, relative)", ".3g"),
+    Metric("std", "std", "standard deviation of the weights over the same cells", ".4f"),
+    Metric("sink", "sink", "mean over query tokens of the weight on the first token (attention sink)", ".3f"),
+    Metric("distance", "distance", "mean over query tokens of sum_j w_ij * |i - j|, in tokens", ".1f"),
 )
 METRIC_NAMES = tuple(metric.name for metric in METRICS)
 
@@ -132,9 +61,98 @@ def metric(name: str) -> Metric:
     raise UsageError(f"there is no metric {name!r}; use one of {', '.join(METRIC_NAMES)}.")
 
 
+def _distances(row_start: int, rows: int, keys: int) -> np.ndarray:
+    """(rows, keys) float32 |i - j| of query rows row_start.. against keys 0..keys-1."""
+    return np.abs(np.arange(row_start, row_start + rows)[:, None] - np.arange(keys)[None, :]).astype(np.float32)
+
+
+class HeadAccumulator:
+    """Running sums of every metric for the heads of one layer, fed float32 blocks (heads, rows, T) in any order
+    that covers each (head, row) once; `values` then gives every metric of every head."""
+
+    def __init__(self, num_heads: int, num_tokens: int, causal: bool) -> None:
+        self.num_tokens, self.causal = num_tokens, causal
+        self.keys = np.arange(1, num_tokens + 1) if causal else np.full(num_tokens, num_tokens)
+        (self.peak, self.peak_any, self.row_max, self.entropy, self.sparse, self.total, self.squares, self.sink,
+         self.distance) = np.zeros((9, num_heads))  # per head: running maxima and sums
+        self.histogram = np.zeros((num_heads, MEDIAN_BINS), dtype=np.int64)
+
+    def add(self, head_start: int, row_start: int, weights: np.ndarray) -> None:
+        """Take heads head_start.. and query rows row_start.. as float32 (heads, rows, T); a causal row's cells
+        above the diagonal are ignored."""
+        heads = slice(head_start, head_start + weights.shape[0])
+        rows = weights.shape[1]
+        width = min(row_start + rows, self.num_tokens) if self.causal else self.num_tokens
+        cells = np.asarray(weights[:, :, :width], dtype=np.float32)
+        if self.causal:
+            cells = np.where(np.arange(width) <= np.arange(row_start, row_start + rows)[:, None], cells, 0.0)
+        keys = self.keys[row_start: row_start + rows]
+        ignored = rows * width - int(keys.sum())  # zeros above the diagonal: not cells, so not counted
+        row_max = cells.max(axis=2)
+        self.peak_any[heads] = np.maximum(self.peak_any[heads], row_max.max(axis=1))
+        choosing = keys > 1
+        if choosing.any():
+            self.peak[heads] = np.maximum(self.peak[heads], row_max[:, choosing].max(axis=1))
+            plogp = np.log(np.maximum(cells, _TINY)) * cells  # 0 * log(tiny) = 0: a zero weight adds nothing
+            row_entropy = -plogp.sum(axis=2)[:, choosing] / np.log(keys[choosing])
+            self.entropy[heads] += row_entropy.sum(axis=1)
+        self.row_max[heads] += row_max.sum(axis=1)
+        self.sparse[heads] += np.count_nonzero(cells < SPARSE_BELOW, axis=(1, 2)) - ignored
+        self.total[heads] += cells.sum(axis=(1, 2), dtype=np.float64)
+        self.squares[heads] += np.square(cells).sum(axis=(1, 2), dtype=np.float64)
+        self.sink[heads] += cells[:, :, 0].sum(axis=1, dtype=np.float64)
+        self.distance[heads] += (cells * _distances(row_start, rows, width)).sum(axis=(1, 2), dtype=np.float64)
+        self._count_bins(heads, cells, ignored)
+
+    def _count_bins(self, heads: slice, cells: np.ndarray, ignored: int) -> None:
+        """Add each cell to its median histogram bin: non-negative float32 values order as their bit patterns,
+        so the top bits name a bin; anything negative or zero lands in bin 0."""
+        bins = np.clip(cells.view(np.int32) >> MEDIAN_BITS, 0, MEDIAN_BINS - 1)
+        for offset, head_bins in enumerate(bins):
+            self.histogram[heads.start + offset] += np.bincount(head_bins.ravel(), minlength=MEDIAN_BINS)
+        self.histogram[heads, 0] -= ignored
+
+    def finite(self) -> bool:
+        """Whether every weight taken so far was a number (a NaN or infinity spoils every sum)."""
+        return bool(np.isfinite(self.total).all() and np.isfinite(self.squares).all())
+
+    def values(self) -> np.ndarray:
+        """Every metric of every head, as float64 (heads, metrics) in METRICS order."""
+        rows, cells = self.num_tokens, float(self.keys.sum())
+        choosing = int(np.count_nonzero(self.keys > 1))
+        mean = self.total / cells
+        columns = {
+            "max_weight": self.peak if choosing else self.peak_any,
+            "mean_row_max": self.row_max / rows,
+            "entropy": self.entropy / choosing if choosing else np.zeros_like(self.entropy),
+            "sparsity": self.sparse / cells,
+            "median": np.array([_histogram_median(counts) for counts in self.histogram]),
+            "std": np.sqrt(np.maximum(self.squares / cells - mean * mean, 0.0)),
+            "sink": self.sink / rows,
+            "distance": self.distance / rows,
+        }
+        return np.stack([columns[name] for name in METRIC_NAMES], axis=1)
+
+
+def _histogram_median(counts: np.ndarray) -> float:
+    """The mean of the two middle cells' bins' midpoints (bin 0, zeros and subnormals, counts as 0)."""
+    total = int(counts.sum())
+    cumulative = np.cumsum(counts)
+    middle = np.searchsorted(cumulative, [(total - 1) // 2 + 1, total // 2 + 1])
+    return float(np.mean([_bin_midpoint(int(index)) for index in middle]))
+
+
+def _bin_midpoint(index: int) -> float:
+    if index == 0:
+        return 0.0
+    edges = (np.array([index, index + 1], dtype=np.int64) << MEDIAN_BITS).astype(np.int32).view(np.float32)
+    return float(np.minimum(edges, 1.0).astype(np.float64).mean())  # no weight exceeds 1
+
+
 @dataclass(frozen=True)
 class HeadMetrics:
-    """Every metric of METRICS as a read-only (layers, heads) float64 array, one field per metric."""
+    """Every metric of METRICS as a read-only (layers, heads) float64 array, one field per metric, for the stored
+    layers and heads (`layer_indices`, `head_indices`: the model's indices), and where the values came from."""
 
     max_weight: np.ndarray
     mean_row_max: np.ndarray
@@ -144,6 +162,9 @@ class HeadMetrics:
     std: np.ndarray
     sink: np.ndarray
     distance: np.ndarray
+    source: str
+    layer_indices: tuple[int, ...]
+    head_indices: tuple[int, ...]
 
     def values(self, name: str) -> np.ndarray:
         """The (layers, heads) array of one metric, by name."""
@@ -156,40 +177,66 @@ class HeadMetrics:
 
     def ranked(self, name: str, descending: bool = True) -> list[tuple[int, int, float]]:
         """List (layer, head, value) sorted by one metric, largest first unless not `descending`; ties by layer
-        then head."""
+        then head. Layer and head are positions in the arrays (the model's indices when nothing was left out)."""
         values = self.values(name)
         order = np.argsort(-values if descending else values, axis=None, kind="stable")
         layers, heads = np.unravel_index(order, values.shape)
         return [(int(layer), int(head), float(values[layer, head])) for layer, head in zip(layers, heads)]
 
 
-def _collect(layers: Iterable[Iterable[np.ndarray]], layout: RowLayout) -> HeadMetrics:
-    """Compute every metric of every head, given each layer as its heads' float32 cells, one head at a time."""
-    table = np.array(
-        [[[metric.compute(cells, layout) for metric in METRICS] for cells in heads] for heads in layers],
-        dtype=np.float64,
-    )  # (layers, heads, metrics)
+def head_metrics_from_table(table: np.ndarray, source: str, layer_indices: Iterable[int],
+                            head_indices: Iterable[int]) -> HeadMetrics:
+    """Wrap a (layers, heads, metrics) table in METRICS order as read-only HeadMetrics."""
+    table = np.array(table, dtype=np.float64)
     table.setflags(write=False)
-    return HeadMetrics(**{metric.name: table[..., index] for index, metric in enumerate(METRICS)})
+    return HeadMetrics(**{name: table[..., index] for index, name in enumerate(METRIC_NAMES)}, source=source,
+                       layer_indices=tuple(layer_indices), head_indices=tuple(head_indices))
 
 
-def _float32_heads(layer: np.ndarray) -> Iterator[np.ndarray]:
-    """Yield each head of a stored-form layer as flat float32 cells, converting one head at a time."""
-    for head in layer:
-        yield np.ascontiguousarray(head, dtype=np.float32).ravel()
+def stored_metrics_section(table: np.ndarray, source: str) -> dict[str, Any]:
+    """Describe a (layers, heads, metrics) table for a store's manifest (`attention.metrics`)."""
+    return {"source": source, "names": list(METRIC_NAMES), "values": np.asarray(table).tolist()}
 
 
 def head_metrics(store: CaptureStore) -> HeadMetrics:
-    """Compute every metric for every layer x head of a store from the stored cells: memory is one head's cells
-    and a few temporaries of that size, whatever the number of layers."""
-    layers = (_float32_heads(store.stored_layer(layer)) for layer in range(store.num_layers))
-    return _collect(layers, row_layout(store.num_tokens, store.causal))
+    """Every metric of every stored head: as the capture computed them from the model's float32 weights when the
+    store holds them, else measured from the stored weights, one block of rows at a time; `source` says which."""
+    stored = _stored_metrics(store)
+    if stored is not None:
+        return head_metrics_from_table(stored["values"], stored["source"], store.layer_indices, store.head_indices)
+    table = [_measure_layer(store, layer) for layer in store.layer_indices]
+    return head_metrics_from_table(np.array(table), metrics_source(store), store.layer_indices, store.head_indices)
 
 
-def metrics_of_layers(layers: Sequence[np.ndarray], causal: bool) -> HeadMetrics:
+def metrics_source(store: CaptureStore) -> str:
+    """Say where `head_metrics(store)` takes its values from, without computing them."""
+    stored = _stored_metrics(store)
+    return stored["source"] if stored is not None else f"measured from the stored weights ({store.encoding.bound})"
+
+
+def _stored_metrics(store: CaptureStore) -> dict[str, Any] | None:
+    """The capture's metrics section, when it has one with exactly today's metrics."""
+    stored = store.manifest["attention"].get("metrics")
+    return stored if stored and stored.get("names") == list(METRIC_NAMES) else None
+
+
+def _measure_layer(store: CaptureStore, layer: int) -> np.ndarray:
+    accumulator = HeadAccumulator(len(store.head_indices), store.num_tokens, store.causal)
+    for start in range(0, store.num_tokens, ROWS_PER_READ):
+        accumulator.add(0, start, store.attention(layer, rows=slice(start, start + ROWS_PER_READ)))
+    return accumulator.values()
+
+
+def metrics_of_layers(layers: Iterable[np.ndarray], causal: bool) -> HeadMetrics:
     """Compute every metric of layers given as (heads, T, T) arrays (attention that is not in a store)."""
-    stored = (pack_layer(layer, causal, "float32") for layer in layers)
-    return _collect((_float32_heads(layer) for layer in stored), row_layout(layers[0].shape[-1], causal))
+    table = []
+    for layer in layers:
+        accumulator = HeadAccumulator(layer.shape[0], layer.shape[-1], causal)
+        accumulator.add(0, 0, layer)
+        table.append(accumulator.values())
+    shape = np.shape(table)
+    return head_metrics_from_table(np.array(table), "computed from the given weights", range(shape[0]),
+                                   range(shape[1]))
 
 
 @dataclass(frozen=True)
@@ -206,23 +253,27 @@ def layer_statistics(metrics: HeadMetrics) -> LayerStatistics:
 
 
 def layer_mean(store: CaptureStore, layer: int) -> np.ndarray:
-    """Average one layer's heads into a float32 (T, T) matrix, from the stored cells (never the heads' squares)."""
-    mean = store.stored_layer(layer).mean(axis=0, dtype=np.float32, keepdims=True)
-    return unpack_layer(mean, store.causal, store.num_tokens)[0]
+    """Average one stored layer's heads into a float32 (T, T) matrix, reading a block of rows at a time (never the
+    heads' squares)."""
+    mean = np.empty((store.num_tokens, store.num_tokens), dtype=np.float32)
+    for start in range(0, store.num_tokens, ROWS_PER_READ):
+        rows = slice(start, start + ROWS_PER_READ)
+        mean[rows] = store.attention(layer, rows=rows).mean(axis=0)
+    return mean
 
 
 def layer_means(store: CaptureStore) -> Iterator[np.ndarray]:
-    """Yield each layer's head mean in order, one in memory at a time."""
-    for layer in range(store.num_layers):
+    """Yield each stored layer's head mean in order, one in memory at a time."""
+    for layer in store.layer_indices:
         yield layer_mean(store, layer)
 
 
 def overall_mean(store: CaptureStore) -> np.ndarray:
-    """Average every head of every layer into one float32 (T, T) matrix, accumulating in float64."""
+    """Average every stored head of every stored layer into one float32 (T, T) matrix, accumulating in float64."""
     total = np.zeros((store.num_tokens, store.num_tokens))
     for mean in layer_means(store):
         total += mean
-    return (total / store.num_layers).astype(np.float32)
+    return (total / len(store.layer_indices)).astype(np.float32)
 
 
 def residual_step(mean: np.ndarray) -> np.ndarray:
@@ -233,12 +284,12 @@ def residual_step(mean: np.ndarray) -> np.ndarray:
 
 
 def rollout(store: CaptureStore) -> Iterator[np.ndarray]:
-    """Yield the (T, T) attention rollout after each layer: A_hat_l @ ... @ A_hat_0 (Abnar & Zuidema 2020).
+    """Yield the (T, T) attention rollout after each stored layer: A_hat_l @ ... @ A_hat_0 (Abnar & Zuidema 2020).
 
-    float32: the stored weights are float16 (2^-11 relative) and the page quantizes to 1/510, while a float32
-    product of row-stochastic matrices drifts by about 1e-6 over 30 layers; float32 halves memory (a few (T, T)
-    matrices) and doubles the matrix product's speed. Each row sums to 1; a causal rollout stays exactly
-    lower-triangular, since every term above the diagonal has a zero factor.
+    float32: the stored weights are float16 (2^-11 relative) or bytes (1/255) and the page quantizes to 1/510,
+    while a float32 product of row-stochastic matrices drifts by about 1e-6 over 30 layers; float32 halves memory
+    (a few (T, T) matrices) and doubles the matrix product's speed. Each row sums to 1; a causal rollout stays
+    exactly lower-triangular, since every term above the diagonal has a zero factor.
     """
     result: np.ndarray | None = None
     for mean in layer_means(store):

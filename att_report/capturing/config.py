@@ -8,7 +8,8 @@ from pathlib import Path
 
 from att_report.errors import UsageError
 
-ATTENTION_DTYPE_CHOICES = ("float16", "float32")
+from att_report.store.format import ATTENTION_DTYPE_CHOICES, COMPACT_FROM_TOKENS
+
 MODEL_DTYPE_CHOICES = ("auto", "float32", "float16", "bfloat16")
 DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:[0-9]+)?")
 
@@ -37,7 +38,7 @@ class CaptureConfig:
     saliency: bool = field(default=False, metadata={"help": "also store gradient saliency of each completion token (causal models)"})
     neurons: int = field(default=0, metadata={"help": "also store, per layer, the K hidden units that vary most across tokens"})
     predict_all: bool = field(default=False, metadata={"help": "encoders with a masked-LM head: top-5 predictions at every position, not only [MASK]"})
-    attention_dtype: str = field(default="float16", metadata={"help": "how attention is stored: float16 (half the size) or float32"})
+    attention_dtype: str = field(default="auto", metadata={"help": "how attention is stored: float16 (each weight within 2^-11 relative), float32 (exact), uint8 (error-diffused bytes: each weight within 1/255, no mass lost, about 0.03 bytes a weight at length), or auto: float16 below " f"{COMPACT_FROM_TOKENS:,} tokens, uint8 from there on"})
     force: bool = field(default=False, metadata={"help": "replace an existing capture at the output path"})
     progress: bool = field(default=True, metadata={"help": "show progress bars"})
 

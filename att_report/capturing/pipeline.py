@@ -41,7 +41,7 @@ from att_report.capturing.recorder import (
     recording,
 )
 from att_report.capturing.saliency import saliency_maps
-from att_report.store import LayerWriter, is_store, stored_shape, write_array, write_manifest
+from att_report.store import LayerWriter, is_store, write_array, write_manifest
 from att_report.token_text import token_texts
 
 
@@ -213,22 +213,25 @@ def _record(loaded: LoadedModel, sites: list[AttentionSite], chunked: bool, ids:
         options["logits_to_keep"] = 1
     first_predictor = len(ids) - completion_length - 1
     bar = tqdm(total=len(sites), desc="recording attention", unit="layer", disable=not progress)
-    assembler = LayerAssembler(writer, model.device)
-    # One worker writes layer l to disk while layer l + 1 computes; waiting for it before queueing the next write
-    # keeps at most one packed layer in flight.
+    # One worker writes each head group to disk while the next computes; waiting for it before queueing the next
+    # write keeps at most one group in flight.
     with ThreadPoolExecutor(max_workers=1) as disk:
         pending: list[Future[None]] = []
+        filled: dict[int, int] = {}
+
+        def write_heads(layer: int, first_head: int, weights: np.ndarray) -> None:
+            writer.write_block(layer, first_head, 0, weights)
+            filled[layer] = filled.get(layer, 0) + weights.shape[0]
+            if filled[layer] == writer.num_heads:
+                writer.finish_layer(layer)
 
         def store_heads(layer: int, first_head: int, weights: torch.Tensor) -> None:
-            if layer != len(pending):
-                raise ModelError(f"layer {layer} produced attention out of order; this model's layout is not supported.")
-            packed = assembler.add(first_head, weights)
-            if packed is None:
-                return
+            block = weights.float().cpu().numpy()
             if pending:
                 pending[-1].result()
-            pending.append(disk.submit(writer.write_packed, packed))
-            bar.update(1)
+            pending.append(disk.submit(write_heads, layer, first_head, block))
+            if first_head + block.shape[0] == writer.num_heads:
+                bar.update(1)
 
         try:
             with eager_attention(model), torch.inference_mode(), recording(sites, store_heads, chunked) as log, \
@@ -264,50 +267,6 @@ class RecordedOutputs:
     log: RecordingLog
     encoder_logits: torch.Tensor | None
     scores: CompletionScores | None
-
-
-class LayerPacker:
-    """Turn a layer's (heads, T, T) weights into the stored form on the model's device, where it is fast."""
-
-    def __init__(self, writer: LayerWriter, device: torch.device) -> None:
-        size = writer.num_tokens
-        self.dtype = getattr(torch, writer.dtype)
-        self.lower = None
-        if writer.causal:
-            rows, columns = torch.tril_indices(size, size, device=device)
-            self.lower = rows * size + columns  # row-major positions of the lower triangle, row by row
-
-    def __call__(self, weights: torch.Tensor) -> np.ndarray:
-        weights = weights.to(self.dtype)
-        if self.lower is not None:
-            weights = weights.reshape(weights.shape[0], -1).index_select(1, self.lower.to(weights.device))
-        return weights.cpu().numpy()
-
-
-class LayerAssembler:
-    """Gather a layer's stored form from chunks of heads, so only one chunk's weights exist at full precision."""
-
-    def __init__(self, writer: LayerWriter, device: torch.device) -> None:
-        self.pack = LayerPacker(writer, device)
-        self.shape = stored_shape(writer.num_heads, writer.num_tokens, writer.causal)
-        self.dtype = np.dtype(writer.dtype)
-        self.layer: np.ndarray | None = None
-        self.filled = 0
-
-    def add(self, first_head: int, weights: torch.Tensor) -> np.ndarray | None:
-        """Take heads `first_head`.. as (heads, T, T); give the whole layer's stored form once it is complete."""
-        if first_head != self.filled:
-            raise ModelError(f"attention heads arrived from head {first_head}, expected head {self.filled}.")
-        if first_head == 0 and weights.shape[0] == self.shape[0]:
-            return self.pack(weights)
-        if self.layer is None:
-            self.layer = np.empty(self.shape, self.dtype)
-        self.layer[first_head:first_head + weights.shape[0]] = self.pack(weights)
-        self.filled += weights.shape[0]
-        if self.filled < self.shape[0]:
-            return None
-        layer, self.layer, self.filled = self.layer, None, 0
-        return layer
 
 
 def _token_section(tokenizer: Any, ids: list[int], prompt_length: int) -> dict[str, Any]:

@@ -19,12 +19,6 @@ from att_report.report.thumbnails import DESCRIPTION as THUMBNAIL_DESCRIPTION
 from att_report.report.thumbnails import thumbnail_size
 from att_report.report.page_types import Link, token_kind
 
-STORED_PRECISION = {
-    "float16": "Captured attention was stored as float16: within 2^-11 relative (about 0.0005 at most) of the "
-               "model's float32 weights.",
-    "float32": "Captured attention was stored as float32: exactly the model's weights.",
-}
-
 
 @dataclass(frozen=True)
 class TextToken:
@@ -100,7 +94,8 @@ def index_page(
         text=tuple(index_text(store)),
         strip=confidence_strip(store),
         facts=tuple(index_facts(store)),
-        precision=(STORED_PRECISION[store.attention_dtype], SCHEME_DESCRIPTION, THUMBNAIL_DESCRIPTION),
+        precision=(f"Captured attention was stored as {store.encoding.bound}.", SCHEME_DESCRIPTION,
+                   THUMBNAIL_DESCRIPTION),
         notes=tuple(notes),
         head_labels=tuple(naming.label(head) for head in range(store.num_heads)),
         grid=rows,
