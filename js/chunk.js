@@ -12,12 +12,12 @@ window.attReport = window.attReport || {};
     this.current = null;
     this.choice = null;
     this.request = 0;
-    this.options = { rowMax: false, ignoreSink: false };
+    this.options = { rowMax: false, ignoreSink: false, log: false };
     var page = this;
     data.sections.forEach(function (section) { page.sections[section.key] = section; });
-    this.observer = new ns.TextView(find(root, '[data-view="observer"]'), find(root, '[data-status="observer"]'), data, 'observer');
-    this.observed = new ns.TextView(find(root, '[data-view="observed"]'), find(root, '[data-status="observed"]'), data, 'observed');
-    this.matrix = new ns.MatrixView(find(root, '[data-matrix]'), find(root, '[data-status="matrix"]'), data);
+    this.observer = this.textView('observer');
+    this.observed = this.textView('observed');
+    this.matrix = new ns.MatrixView(find(root, '[data-matrix-panel]'), data);
     this.active = this.observer;
     this.observer.onActivate = this.observed.onActivate = function (view) { page.active = view; };
     this.listen();
@@ -28,6 +28,12 @@ window.attReport = window.attReport || {};
   }
 
   var proto = ns.ChunkPage.prototype;
+
+  proto.textView = function (mode) {
+    var root = this.root;
+    return new ns.TextView(find(root, '[data-view="' + mode + '"]'), find(root, '[data-status="' + mode + '"]'), this.data,
+      mode, find(root, '[data-strip="' + mode + '"]'));
+  };
 
   /* The decoded heads of a section, decoded once on first use; its payload element is marked data-decoded. */
   proto.readSection = function (key) {
@@ -112,16 +118,27 @@ window.attReport = window.attReport || {};
     window.addEventListener('hashchange', function () { page.openFragment(); });
   };
 
-  /* Turn a scale option on or off: 'row-max' or 'ignore-sink'; the legend names the scale in use. */
+  var OPTIONS = { 'row-max': 'rowMax', 'ignore-sink': 'ignoreSink', log: 'log' };
+
+  /* Turn a scale option on or off: 'row-max', 'ignore-sink' or 'log'; the legend names the scale in use. */
   proto.setOption = function (option, on) {
-    this.options[option === 'row-max' ? 'rowMax' : 'ignoreSink'] = on;
-    var scale = this.options.rowMax ? 'row' : 'one';
+    if (!owns(OPTIONS, option)) return;
+    this.options[OPTIONS[option]] = on;
+    var scale = this.options.rowMax ? 'row' : 'one', ramp = this.options.log ? 'log' : 'linear';
     this.root.querySelectorAll('[data-legend-scale]').forEach(function (element) {
       element.hidden = element.getAttribute('data-legend-scale') !== scale;
+    });
+    this.root.querySelectorAll('[data-legend-ramp]').forEach(function (element) {
+      element.hidden = element.getAttribute('data-legend-ramp') !== ramp;
     });
     find(this.root, '[data-legend-sink]').hidden = !this.options.ignoreSink;
     if (this.current) this.refresh();
   };
+
+  /* Whether `key` names an own property of `table` (never one inherited, such as 'constructor'). */
+  function owns(table, key) {
+    return key !== null && Object.prototype.hasOwnProperty.call(table, key);
+  }
 
   var KEYS = { ArrowLeft: -1, ArrowRight: 1 };
   var HEAD_KEYS = { ArrowUp: -1, ArrowDown: 1, '[': -1, ']': 1 };
@@ -129,8 +146,8 @@ window.attReport = window.attReport || {};
   /* ← → move the active view's token; ↑ ↓ [ ] change the head. Form controls keep their own keys. */
   proto.onKey = function (event) {
     if (!this.current || event.altKey || event.ctrlKey || event.metaKey || event.target.closest('input, select, textarea')) return;
-    if (event.key in KEYS) this.active.move(KEYS[event.key]);
-    else if (event.key in HEAD_KEYS) this.stepHead(HEAD_KEYS[event.key]);
+    if (owns(KEYS, event.key)) this.active.move(KEYS[event.key]);
+    else if (owns(HEAD_KEYS, event.key)) this.stepHead(HEAD_KEYS[event.key]);
     else return;
     event.preventDefault();
   };
@@ -145,7 +162,7 @@ window.attReport = window.attReport || {};
   proto.openFragment = function () {
     var params = new URLSearchParams(location.hash.slice(1));
     var key = params.get('section');
-    if (!(key in this.sections)) key = this.current ? this.current.meta.key : this.data.sections[0].key;
+    if (!owns(this.sections, key)) key = this.current ? this.current.meta.key : this.data.sections[0].key;
     this.showSection(key, params.get('head'));
     if (params.get('section') === key) this.root.scrollIntoView();
   };

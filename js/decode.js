@@ -51,14 +51,46 @@ window.attReport = window.attReport || {};
     return (bytes[at] | bytes[at + 1] << 8 | bytes[at + 2] << 16 | bytes[at + 3] << 24) >>> 0;
   }
 
-  /* Scatter the column-ordered runs (count, gaps, non-zero bytes; see encode.py) into one dense rows x tokens
-     Uint8Array per head. */
-  ns.unpackCells = function (raw, layout) {
-    var rows = layout.rowCount, tokens = layout.numTokens, heads = [];
-    var cells = readUint32(raw, 0), count = readUint32(raw, 4);
-    var at = 8, value = raw.length - count, seen = 0;
+  /* Cells each head holds (the kept lower triangle when causal). */
+  function cellsPerHead(layout) {
+    var perHead = 0;
+    for (var j = 0; j < layout.numTokens; j++) perHead += layout.rowCount - firstRow(layout, j);
+    return perHead;
+  }
+
+  /* Walk the gap stream once (see encode.py: counts, gaps, non-zero bytes) and note where each head's cells begin:
+     the offset of the gap byte of its first non-zero cell, that cell's value index, and the zero cells before it.
+     Heads are then unpacked one at a time, on demand, so a page holds only the head it shows. */
+  ns.indexHeads = function (raw, layout) {
+    var cells = readUint32(raw, 0), count = readUint32(raw, 4), perHead = cellsPerHead(layout);
+    if (cells !== perHead * layout.headCount || raw.length < 8 + count) throw new Error('attention payload does not match its layout');
+    var end = raw.length - count, at = 8, position = -1, starts = [], head = 0;
+    for (var seen = 0; seen < count; seen++) {
+      var gapAt = at, gap = raw[at++];
+      if (gap === 255) {
+        gap = readUint32(raw, at);
+        at += 4;
+      }
+      position += gap + 1;
+      while (head < layout.headCount && position >= head * perHead) {
+        starts.push({ at: gapAt, value: end + seen, zeros: position - head * perHead, seen: seen });
+        head++;
+      }
+    }
+    if (at !== end || position >= cells) throw new Error('attention payload does not match its layout');
+    while (head++ < layout.headCount) starts.push(null);  /* heads with no non-zero cell */
+    return { starts: starts, count: count };
+  };
+
+  /* Add head h's bytes into `dense` (rows x tokens, row-major), from the cursor indexHeads noted. */
+  ns.unpackHead = function (raw, layout, index, h, dense) {
+    var start = index.starts[h];
+    if (!start) return;
+    var rows = layout.rowCount, tokens = layout.numTokens, count = index.count;
+    var at = start.at, value = start.value, seen = start.seen;
     function nextGap() {
-      if (seen++ === count) return Infinity;
+      if (seen === count) return Infinity;
+      seen++;
       var gap = raw[at++];
       if (gap === 255) {
         gap = readUint32(raw, at);
@@ -66,64 +98,71 @@ window.attReport = window.attReport || {};
       }
       return gap;
     }
-    var perHead = 0;
-    for (var j = 0; j < tokens; j++) perHead += rows - firstRow(layout, j);
-    if (cells !== perHead * layout.headCount) throw new Error('attention payload does not match its layout');
-    var next = nextGap();
-    for (var h = 0; h < layout.headCount; h++) {
-      var dense = new Uint8Array(rows * tokens);
-      for (var col = 0; col < tokens; col++) {
-        var first = firstRow(layout, col), skip = rows - first;
-        /* jump over whole runs of zero cells in this column */
-        while (skip > 0) {
-          if (next >= skip) { next -= skip; break; }
-          var r = rows - skip + next;
-          skip -= next + 1;
-          dense[r * tokens + col] = raw[value++];
-          next = nextGap();
-        }
+    nextGap();
+    var next = start.zeros;
+    for (var col = 0; col < tokens; col++) {
+      var skip = rows - firstRow(layout, col);
+      /* jump over whole runs of zero cells in this column */
+      while (skip > 0) {
+        if (next >= skip) { next -= skip; break; }
+        var r = rows - skip + next;
+        skip -= next + 1;
+        dense[r * tokens + col] += raw[value++];
+        next = nextGap();
       }
-      heads.push(dense);
     }
-    if (value !== raw.length || at !== raw.length - count || seen <= count) {
-      throw new Error('attention payload does not match its layout');
-    }
-    return heads;
   };
 
   ns.decodeSection = async function (text, layout) {
-    return new ns.SectionData(layout, ns.unpackCells(await ns.inflate(ns.base64ToBytes(text)), layout));
+    var raw = await ns.inflate(ns.base64ToBytes(text));
+    return new ns.SectionData(layout, raw, ns.indexHeads(raw, layout));
   };
 
-  /* The decoded heads of a section, read a row or a column at a time as sums of bytes over chosen heads. */
-  ns.SectionData = function (layout, heads) {
+  /* A decoded section, read a row or a column at a time as sums of bytes over chosen heads (`slots`). Only the plane
+     of the slots last asked for is unpacked and kept: one head as bytes, or the sum of several as 16-bit words. */
+  ns.SectionData = function (layout, raw, index) {
     this.layout = layout;
-    this.heads = heads;
+    this.raw = raw;
+    this.index = index;
     this.tokens = layout.numTokens;
+    this.plane = null;
+    this.planeSlots = '';
   };
 
   ns.SectionData.prototype.hasRow = function (query) {
     return query >= this.layout.rowStart && query < this.layout.rowStart + this.layout.rowCount;
   };
 
+  /* The rows x tokens sums of bytes over `slots`, unpacked now unless they are the ones kept. */
+  ns.SectionData.prototype.planeOf = function (slots) {
+    var key = slots.join(',');
+    if (this.planeSlots !== key) {
+      this.plane = null;  /* let the old plane go before the new one is made */
+      var size = this.layout.rowCount * this.tokens;
+      var plane = slots.length === 1 ? new Uint8Array(size) : new Uint16Array(size);
+      for (var s = 0; s < slots.length; s++) ns.unpackHead(this.raw, this.layout, this.index, slots[s], plane);
+      this.plane = plane;
+      this.planeSlots = key;
+    }
+    return this.plane;
+  };
+
   /* out[k] = sum over `slots` of the bytes of query row `query`, key k. */
   ns.SectionData.prototype.fillRow = function (slots, query, out) {
-    var base = (query - this.layout.rowStart) * this.tokens;
-    out.fill(0);
-    for (var s = 0; s < slots.length; s++) {
-      var head = this.heads[slots[s]];
-      for (var k = 0; k < this.tokens; k++) out[k] += head[base + k];
-    }
+    var plane = this.planeOf(slots), base = (query - this.layout.rowStart) * this.tokens;
+    for (var k = 0; k < this.tokens; k++) out[k] = plane[base + k];
   };
 
   /* out[i] = sum over `slots` of the bytes of query i on key `key`; 0 for rows not held. */
   ns.SectionData.prototype.fillColumn = function (slots, key, out) {
-    var start = this.layout.rowStart, rows = this.layout.rowCount;
+    var plane = this.planeOf(slots), start = this.layout.rowStart, rows = this.layout.rowCount;
     out.fill(0);
-    for (var s = 0; s < slots.length; s++) {
-      var head = this.heads[slots[s]];
-      for (var r = 0; r < rows; r++) out[start + r] += head[r * this.tokens + key];
-    }
+    for (var r = 0; r < rows; r++) out[start + r] = plane[r * this.tokens + key];
+  };
+
+  /* The sum over `slots` of the bytes of held row `row` (0-based on this page), key `key`. */
+  ns.SectionData.prototype.cell = function (slots, row, key) {
+    return this.planeOf(slots)[row * this.tokens + key];
   };
 
   var weightTables = {};
@@ -138,15 +177,31 @@ window.attReport = window.attReport || {};
     return weightTables[divisor];
   };
 
-  /* Colour levels of one line: sums[k] / bases[k], over the line's max when rowMax; `excluded` gets -1. */
-  ns.colourLevels = function (sums, bases, excluded, rowMax, levels) {
+  /* Log colour: LOG_DECADES decades below the top of the scale share the levels LOG_FLOOR..COLOUR_LEVELS, and any
+     smaller weight that is not zero gets LOG_FLOOR, a shade that still shows. */
+  ns.LOG_DECADES = 3;
+  var LOG_FLOOR = 8;
+
+  /* The colour level of a share x of the top of the scale (0..1), on the linear or the log scale. */
+  ns.colourLevel = function (x, log) {
+    if (!(x > 0)) return 0;
+    if (!log) return Math.min(ns.COLOUR_LEVELS, Math.round(x * ns.COLOUR_LEVELS));
+    var level = Math.round(LOG_FLOOR + (ns.COLOUR_LEVELS - LOG_FLOOR) * (1 + Math.log10(x) / ns.LOG_DECADES));
+    return Math.max(LOG_FLOOR, Math.min(ns.COLOUR_LEVELS, level));
+  };
+
+  /* Colour levels of one line: sums[k] / bases[k], over the line's max when rowMax, on a log scale when log;
+     `excluded` gets -1. */
+  ns.colourLevels = function (sums, bases, excluded, rowMax, levels, log) {
     var max = 0, n = sums.length, k;
-    for (k = 0; k < n; k++) {
-      if (k !== excluded && bases[k] > 0 && sums[k] / bases[k] > max) max = sums[k] / bases[k];
+    if (rowMax) {
+      for (k = 0; k < n; k++) {
+        if (k !== excluded && bases[k] > 0 && sums[k] / bases[k] > max) max = sums[k] / bases[k];
+      }
     }
-    var scale = ns.COLOUR_LEVELS / (rowMax ? (max || 1) : 1);
+    var top = rowMax ? (max || 1) : 1;
     for (k = 0; k < n; k++) {
-      levels[k] = k === excluded ? -1 : bases[k] > 0 ? Math.min(ns.COLOUR_LEVELS, Math.round(sums[k] / bases[k] * scale)) : 0;
+      levels[k] = k === excluded ? -1 : bases[k] > 0 && sums[k] > 0 ? ns.colourLevel(sums[k] / bases[k] / top, log) : 0;
     }
   };
 })(window.attReport);
