@@ -59,8 +59,8 @@ window.attReport = window.attReport || {};
   }
 
   /* Walk the gap stream once (see encode.py: counts, gaps, non-zero bytes) and note where each head's cells begin:
-     the offset of the gap byte of its first non-zero cell, that cell's value index, and the zero cells before it.
-     Heads are then unpacked one at a time, on demand, so a page holds only the head it shows. */
+     the offset of the gap byte of its first non-zero cell, that cell's number, and the zero cells before it. Heads
+     are then unpacked one at a time, when first shown. */
   ns.indexHeads = function (raw, layout) {
     var cells = readUint32(raw, 0), count = readUint32(raw, 4), perHead = cellsPerHead(layout);
     if (cells !== perHead * layout.headCount || raw.length < 8 + count) throw new Error('attention payload does not match its layout');
@@ -73,24 +73,28 @@ window.attReport = window.attReport || {};
       }
       position += gap + 1;
       while (head < layout.headCount && position >= head * perHead) {
-        starts.push({ at: gapAt, value: end + seen, zeros: position - head * perHead, seen: seen });
+        starts.push({ at: gapAt, zeros: position - head * perHead, seen: seen });
         head++;
       }
     }
     if (at !== end || position >= cells) throw new Error('attention payload does not match its layout');
-    while (head++ < layout.headCount) starts.push(null);  /* heads with no non-zero cell */
-    return { starts: starts, count: count };
+    while (head++ < layout.headCount) starts.push({ at: end, zeros: Infinity, seen: count });  /* no non-zero cell left */
+    starts.push({ at: end, zeros: Infinity, seen: count });
+    return { starts: starts, values: end };
   };
 
-  /* Add head h's bytes into `dense` (rows x tokens, row-major), from the cursor indexHeads noted. */
-  ns.unpackHead = function (raw, layout, index, h, dense) {
-    var start = index.starts[h];
-    if (!start) return;
-    var rows = layout.rowCount, tokens = layout.numTokens, count = index.count;
-    var at = start.at, value = start.value, seen = start.seen;
+  /* Head h's non-zero bytes, by key column (colStart, colRows, colBytes) and by held row (rowStart, rowKeys,
+     rowBytes): a few bytes per non-zero cell, where a dense rows x tokens plane at 8k tokens would be 64 MB. */
+  ns.unpackHead = function (raw, layout, index, h) {
+    var start = index.starts[h], count = index.starts[h + 1].seen - start.seen;
+    var rows = layout.rowCount, tokens = layout.numTokens, Keys = tokens > 65535 ? Uint32Array : Uint16Array;
+    var head = {
+      colStart: new Int32Array(tokens + 1), colRows: new Keys(count), colBytes: new Uint8Array(count),
+      rowStart: new Int32Array(rows + 1), rowKeys: new Keys(count), rowBytes: new Uint8Array(count)
+    };
+    var at = start.at, value = index.values + start.seen, taken = 0;
     function nextGap() {
-      if (seen === count) return Infinity;
-      seen++;
+      if (taken === count) return Infinity;
       var gap = raw[at++];
       if (gap === 255) {
         gap = readUint32(raw, at);
@@ -101,16 +105,30 @@ window.attReport = window.attReport || {};
     nextGap();
     var next = start.zeros;
     for (var col = 0; col < tokens; col++) {
+      head.colStart[col] = taken;
       var skip = rows - firstRow(layout, col);
       /* jump over whole runs of zero cells in this column */
       while (skip > 0) {
         if (next >= skip) { next -= skip; break; }
         var r = rows - skip + next;
         skip -= next + 1;
-        dense[r * tokens + col] += raw[value++];
+        head.colRows[taken] = r;
+        head.colBytes[taken++] = raw[value++];
+        head.rowStart[r + 1]++;
         next = nextGap();
       }
     }
+    head.colStart[tokens] = taken;
+    for (r = 0; r < rows; r++) head.rowStart[r + 1] += head.rowStart[r];
+    var fill = head.rowStart.slice(0, rows);
+    for (col = 0; col < tokens; col++) {  /* columns in order, so each row's keys come out sorted */
+      for (var p = head.colStart[col]; p < head.colStart[col + 1]; p++) {
+        var slot = fill[head.colRows[p]]++;
+        head.rowKeys[slot] = col;
+        head.rowBytes[slot] = head.colBytes[p];
+      }
+    }
+    return head;
   };
 
   ns.decodeSection = async function (text, layout) {
@@ -118,51 +136,62 @@ window.attReport = window.attReport || {};
     return new ns.SectionData(layout, raw, ns.indexHeads(raw, layout));
   };
 
-  /* A decoded section, read a row or a column at a time as sums of bytes over chosen heads (`slots`). Only the plane
-     of the slots last asked for is unpacked and kept: one head as bytes, or the sum of several as 16-bit words. */
+  /* A decoded section, read a row or a column at a time as sums of bytes over chosen heads (`slots`). Each head is
+     unpacked when first read. */
   ns.SectionData = function (layout, raw, index) {
     this.layout = layout;
     this.raw = raw;
     this.index = index;
     this.tokens = layout.numTokens;
-    this.plane = null;
-    this.planeSlots = '';
+    this.heads = [];
+    this.scratch = new Int32Array(layout.numTokens);
   };
 
   ns.SectionData.prototype.hasRow = function (query) {
     return query >= this.layout.rowStart && query < this.layout.rowStart + this.layout.rowCount;
   };
 
-  /* The rows x tokens sums of bytes over `slots`, unpacked now unless they are the ones kept. */
-  ns.SectionData.prototype.planeOf = function (slots) {
-    var key = slots.join(',');
-    if (this.planeSlots !== key) {
-      this.plane = null;  /* let the old plane go before the new one is made */
-      var size = this.layout.rowCount * this.tokens;
-      var plane = slots.length === 1 ? new Uint8Array(size) : new Uint16Array(size);
-      for (var s = 0; s < slots.length; s++) ns.unpackHead(this.raw, this.layout, this.index, slots[s], plane);
-      this.plane = plane;
-      this.planeSlots = key;
-    }
-    return this.plane;
+  ns.SectionData.prototype.head = function (slot) {
+    if (!this.heads[slot]) this.heads[slot] = ns.unpackHead(this.raw, this.layout, this.index, slot);
+    return this.heads[slot];
   };
 
   /* out[k] = sum over `slots` of the bytes of query row `query`, key k. */
   ns.SectionData.prototype.fillRow = function (slots, query, out) {
-    var plane = this.planeOf(slots), base = (query - this.layout.rowStart) * this.tokens;
-    for (var k = 0; k < this.tokens; k++) out[k] = plane[base + k];
+    var r = query - this.layout.rowStart;
+    out.fill(0);
+    for (var s = 0; s < slots.length; s++) {
+      var head = this.head(slots[s]);
+      for (var p = head.rowStart[r]; p < head.rowStart[r + 1]; p++) out[head.rowKeys[p]] += head.rowBytes[p];
+    }
   };
 
   /* out[i] = sum over `slots` of the bytes of query i on key `key`; 0 for rows not held. */
   ns.SectionData.prototype.fillColumn = function (slots, key, out) {
-    var plane = this.planeOf(slots), start = this.layout.rowStart, rows = this.layout.rowCount;
+    var start = this.layout.rowStart;
     out.fill(0);
-    for (var r = 0; r < rows; r++) out[start + r] = plane[r * this.tokens + key];
+    for (var s = 0; s < slots.length; s++) {
+      var head = this.head(slots[s]);
+      for (var p = head.colStart[key]; p < head.colStart[key + 1]; p++) out[start + head.colRows[p]] += head.colBytes[p];
+    }
   };
 
-  /* The sum over `slots` of the bytes of held row `row` (0-based on this page), key `key`. */
-  ns.SectionData.prototype.cell = function (slots, row, key) {
-    return this.planeOf(slots)[row * this.tokens + key];
+  /* The non-zero sums over `slots` of held row `row`: their keys into `keys`, sums into `sums`; returns how many. */
+  ns.SectionData.prototype.rowEntries = function (slots, row, keys, sums) {
+    var scratch = this.scratch, count = 0, s, p, head;
+    for (s = 0; s < slots.length; s++) {
+      head = this.head(slots[s]);
+      for (p = head.rowStart[row]; p < head.rowStart[row + 1]; p++) {
+        var key = head.rowKeys[p];
+        if (scratch[key] === 0) keys[count++] = key;
+        scratch[key] += head.rowBytes[p];
+      }
+    }
+    for (var i = 0; i < count; i++) {
+      sums[i] = scratch[keys[i]];
+      scratch[keys[i]] = 0;
+    }
+    return count;
   };
 
   var weightTables = {};

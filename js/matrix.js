@@ -14,6 +14,7 @@ window.attReport = window.attReport || {};
   var MIN_CELLS = 8;      /* the deepest zoom shows this many tokens a side */
   var LABEL_PX = 12;      /* token labels are drawn once a cell is this many pixels */
   var LABEL_CHARS = 12;
+  var FONT = '11px ui-monospace, monospace';
   var SLICE_CELLS = 1 << 21;  /* row cells coloured per task while drawing, so hovering stays smooth */
   var NONE = -2;          /* above the diagonal: no weight exists */
   var NONE_RGB = [243, 244, 246];
@@ -35,8 +36,8 @@ window.attReport = window.attReport || {};
     this.region = null;
     this.bins = null;
     this.levels = new Int16Array(0);
+    this.keys = new Int32Array(text.tokens.length);
     this.sums = new Int32Array(text.tokens.length);
-    this.bases = new Int32Array(text.tokens.length);
     this.line = new Int16Array(text.tokens.length);
     this.job = null;
     this.pointer = null;
@@ -180,25 +181,34 @@ window.attReport = window.attReport || {};
     this.drawBins(Infinity);
   };
 
-  /* Colour up to `count` more bin rows; put the pixels; say whether rows are left. */
+  /* Colour up to `count` more bin rows; put the pixels; say whether rows are left. A cell's level is the largest of
+     its held cells' levels (0 where all are zero, NONE where all lie above the diagonal); only non-zero weights are
+     visited, so the whole matrix at 8k tokens colours in a few hundred milliseconds. */
   proto.drawBins = function (count) {
     var job = this.job, bins = this.bins, region = this.region, layout = this.source.data.layout;
     var words = new Uint32Array(job.image.data.buffer), palette = pixelPalette();
-    var none = packPixel(NONE_RGB), excluded = packPixel(EXCLUDED_RGB), keyBin = job.keyBin;
-    var end = Math.min(bins.rows, job.bin + count);
+    var none = packPixel(NONE_RGB), excluded = packPixel(EXCLUDED_RGB), keyBin = job.keyBin, levels = this.levels;
+    var sinkAlone = this.source.options.ignoreSink && region.key === 0 && (keyBin.length === 1 || keyBin[1] !== keyBin[0]);
+    var end = Math.min(bins.rows, job.bin + count), keyEnd = region.key + region.keys;
     for (var i = job.bin; i < end; i++) {
-      var offset = i * bins.keys;
-      this.levels.fill(NONE, offset, offset + bins.keys);
-      for (var r = binStart(region.row, region.rows, bins.rows, i); r < binStart(region.row, region.rows, bins.rows, i + 1); r++) {
-        this.computeRow(r);
-        var last = layout.causal ? Math.min(region.keys - 1, layout.rowStart + r - region.key) : region.keys - 1;
-        for (var k = 0; k <= last; k++) {
-          var level = this.line[region.key + k], at = offset + keyBin[k];
-          if (level > this.levels[at]) this.levels[at] = level;
+      var offset = i * bins.keys, rowEnd = binStart(region.row, region.rows, bins.rows, i + 1);
+      /* cells up to the last row's diagonal hold weights; a sink column left out of the scale shows as excluded */
+      var lastKey = layout.causal ? Math.min(keyEnd - 1, layout.rowStart + rowEnd - 1) : keyEnd - 1;
+      for (var j = 0; j < bins.keys; j++) {
+        levels[offset + j] = binStart(region.key, region.keys, bins.keys, j) <= lastKey ? 0 : NONE;
+      }
+      if (sinkAlone) levels[offset] = -1;
+      for (var r = binStart(region.row, region.rows, bins.rows, i); r < rowEnd; r++) {
+        var n = this.rowLevels(r);
+        for (var e = 0; e < n; e++) {
+          var key = this.keys[e] - region.key;
+          if (key < 0 || key >= region.keys || this.line[e] < 0) continue;
+          var at = offset + keyBin[key];
+          if (this.line[e] > levels[at]) levels[at] = this.line[e];
         }
       }
-      for (var j = 0; j < bins.keys; j++) {
-        var value = this.levels[offset + j];
+      for (j = 0; j < bins.keys; j++) {
+        var value = levels[offset + j];
         words[offset + j] = value === NONE ? none : value < 0 ? excluded : palette[value];
       }
     }
@@ -227,12 +237,21 @@ window.attReport = window.attReport || {};
     return pixelWords;
   }
 
-  /* Colour levels of held row r into this.line, scaled like the text views. */
-  proto.computeRow = function (r) {
+  /* The non-zero weights of held row r: keys into this.keys, sums into this.sums, colour levels into this.line
+     (scaled like the text views; -1 for a first token left out); returns how many. */
+  proto.rowLevels = function (r) {
     var source = this.source, divisor = source.divisor, options = source.options;
-    source.data.fillRow(source.slots, source.data.layout.rowStart + r, this.sums);
-    this.bases.fill(options.ignoreSink ? divisor - this.sums[0] : divisor);
-    ns.colourLevels(this.sums, this.bases, options.ignoreSink ? 0 : -1, options.rowMax, this.line, options.log);
+    var n = source.data.rowEntries(source.slots, r, this.keys, this.sums), sink = 0, e;
+    if (options.ignoreSink) for (e = 0; e < n; e++) if (this.keys[e] === 0) sink = this.sums[e];
+    var base = options.ignoreSink ? divisor - sink : divisor, top = 0;
+    if (options.rowMax) {
+      for (e = 0; e < n; e++) if (!(options.ignoreSink && this.keys[e] === 0) && this.sums[e] > top) top = this.sums[e];
+    }
+    var scale = options.rowMax ? (top || 1) : base;
+    for (e = 0; e < n; e++) {
+      this.line[e] = options.ignoreSink && this.keys[e] === 0 ? -1 : base > 0 ? ns.colourLevel(this.sums[e] / scale, options.log) : 0;
+    }
+    return n;
   };
 
   /* The bin (i, j) under the pointer, and drag to pan. */
@@ -262,14 +281,19 @@ window.attReport = window.attReport || {};
     };
   };
 
-  /* The largest stored weight in bin (i, j) and its cell, or null when every cell lies above the diagonal. */
+  /* The largest stored weight in bin (i, j) and its cell (the first held one when all are zero), or null when every
+     cell lies above the diagonal. */
   proto.binMax = function (i, j) {
-    var cells = this.binCells(i, j), source = this.source, layout = source.data.layout, best = null;
-    for (var r = cells.row; r < cells.rowEnd; r++) {
-      var last = layout.causal ? Math.min(cells.keyEnd - 1, layout.rowStart + r) : cells.keyEnd - 1;
-      for (var k = cells.key; k <= last; k++) {
-        var sum = source.data.cell(source.slots, r, k);
-        if (!best || sum > best.sum) best = { sum: sum, row: r, key: k };
+    var cells = this.binCells(i, j), source = this.source, layout = source.data.layout;
+    var last = layout.causal ? Math.min(cells.keyEnd - 1, layout.rowStart + cells.rowEnd - 1) : cells.keyEnd - 1;
+    if (last < cells.key) return null;
+    var firstRow = layout.causal ? Math.max(cells.row, cells.key - layout.rowStart) : cells.row;
+    var best = { sum: 0, row: firstRow, key: cells.key };
+    for (var r = firstRow; r < cells.rowEnd; r++) {
+      var n = source.data.rowEntries(source.slots, r, this.keys, this.sums);
+      for (var e = 0; e < n; e++) {
+        var key = this.keys[e];
+        if (key >= cells.key && key < cells.keyEnd && this.sums[e] > best.sum) best = { sum: this.sums[e], row: r, key: key };
       }
     }
     return best;
@@ -316,37 +340,19 @@ window.attReport = window.attReport || {};
   proto.drawOverlay = function () {
     var bins = this.bins, dpr = window.devicePixelRatio || 1, overlay = this.overlay;
     var width = MARGIN_LEFT + bins.width, height = MARGIN_TOP + bins.height;
-    overlay.width = Math.round(width * dpr);
-    overlay.height = Math.round(height * dpr);
-    overlay.style.width = width + 'px';
-    overlay.style.height = height + 'px';
+    if (overlay.width !== Math.round(width * dpr) || overlay.height !== Math.round(height * dpr)) {
+      overlay.width = Math.round(width * dpr);
+      overlay.height = Math.round(height * dpr);
+      overlay.style.width = width + 'px';
+      overlay.style.height = height + 'px';
+    }
     var context = overlay.getContext('2d');
     context.setTransform(dpr, 0, 0, dpr, 0, 0);
     context.clearRect(0, 0, width, height);
-    context.font = '11px ui-monospace, monospace';
     context.fillStyle = '#5b6470';
     var cellW = bins.width / bins.keys, cellH = bins.height / bins.rows, pointer = this.pointer;
     var labelled = bins.keySize === 1 && bins.rowSize === 1 && Math.min(cellW, cellH) >= LABEL_PX;
-    var layout = this.source.data.layout, region = this.region, view = this;
-    function queryText(i) { var q = layout.rowStart + region.row + i; return labelled ? q + ' ' + view.label(q) : String(q); }
-    function keyText(j) { var k = region.key + j; return labelled ? k + ' ' + view.label(k) : String(k); }
-    var rowsShown = labelled ? range(bins.rows) : [0, bins.rows - 1];
-    var keysShown = labelled ? range(bins.keys) : [0, bins.keys - 1];
-    context.textAlign = 'right';
-    context.textBaseline = 'middle';
-    rowsShown.forEach(function (i) {
-      context.font = (pointer && pointer.i === i ? 'bold ' : '') + '11px ui-monospace, monospace';
-      context.fillText(queryText(i), MARGIN_LEFT - 4, MARGIN_TOP + (i + 0.5) * cellH, MARGIN_LEFT - 6);
-    });
-    context.textAlign = 'left';
-    keysShown.forEach(function (j) {
-      context.save();
-      context.translate(MARGIN_LEFT + (j + 0.5) * cellW, MARGIN_TOP - 4);
-      context.rotate(-Math.PI / 3);
-      context.font = (pointer && pointer.j === j ? 'bold ' : '') + '11px ui-monospace, monospace';
-      context.fillText(keyText(j), 0, 0, MARGIN_TOP * 1.1);
-      context.restore();
-    });
+    if (labelled) this.drawLabels(context, cellW, cellH); else this.drawTicks(context);
     if (!pointer) return;
     context.strokeStyle = 'rgba(11, 61, 145, 0.75)';
     context.lineWidth = 1;
@@ -361,17 +367,52 @@ window.attReport = window.attReport || {};
     context.strokeRect(x - 1, y - 1, cellW + 2, cellH + 2);
   };
 
+  /* Every shown token's index and label along both axes, the pointed row's and column's in bold. */
+  proto.drawLabels = function (context, cellW, cellH) {
+    var bins = this.bins, pointer = this.pointer, first = this.source.data.layout.rowStart + this.region.row, i;
+    context.textAlign = 'right';
+    context.textBaseline = 'middle';
+    for (i = 0; i < bins.rows; i++) {
+      context.font = (pointer && pointer.i === i ? 'bold ' : '') + FONT;
+      context.fillText((first + i) + ' ' + this.label(first + i), MARGIN_LEFT - 4, MARGIN_TOP + (i + 0.5) * cellH, MARGIN_LEFT - 6);
+    }
+    context.textAlign = 'left';
+    for (i = 0; i < bins.keys; i++) {
+      var key = this.region.key + i;
+      context.save();
+      context.translate(MARGIN_LEFT + (i + 0.5) * cellW, MARGIN_TOP - 4);
+      context.rotate(-Math.PI / 3);
+      context.font = (pointer && pointer.j === i ? 'bold ' : '') + FONT;
+      context.fillText(key + ' ' + this.label(key), 0, 0, MARGIN_TOP * 1.1);
+      context.restore();
+    }
+  };
+
+  /* The first and last token index of each axis of the region, at its corners. */
+  proto.drawTicks = function (context) {
+    var bins = this.bins, region = this.region, first = this.source.data.layout.rowStart + region.row;
+    context.font = FONT;
+    context.textBaseline = 'top';
+    context.textAlign = 'right';
+    context.fillText(String(first), MARGIN_LEFT - 4, MARGIN_TOP);
+    context.textBaseline = 'bottom';
+    context.fillText(String(first + region.rows - 1), MARGIN_LEFT - 4, MARGIN_TOP + bins.height);
+    context.fillText('key ' + (region.key + region.keys - 1), MARGIN_LEFT + bins.width, MARGIN_TOP - 4);
+    context.textAlign = 'left';
+    context.fillText('key ' + region.key, MARGIN_LEFT, MARGIN_TOP - 4);
+    context.save();
+    context.translate(MARGIN_LEFT - 8, MARGIN_TOP + bins.height / 2);
+    context.rotate(-Math.PI / 2);
+    context.textAlign = 'center';
+    context.fillText('query', 0, 0);
+    context.restore();
+  };
+
   /* A token's label, cut to fit the margin. */
   proto.label = function (index) {
     var label = this.text.labels[index];
     return label.length > LABEL_CHARS ? label.slice(0, LABEL_CHARS - 1) + '…' : label;
   };
-
-  function range(count) {
-    var out = [];
-    for (var i = 0; i < count; i++) out.push(i);
-    return out;
-  }
 
   proto.exportPng = function (stem) {
     this.flush();

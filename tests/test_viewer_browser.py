@@ -75,14 +75,16 @@ def test_opens_offline_without_errors(chunk: Any) -> None:
 
 
 def test_page_decode_equals_decode_rows(chunk: Any, attention: np.ndarray) -> None:
-    heads = chunk.evaluate("""async () => {
-        const data = await attReport.page.readSection('L03-H0-2'), out = new Int32Array(data.tokens), heads = [];
-        for (let h = 0; h < 3; h++) for (let r = 0; r < data.tokens; r++) { data.fillRow([h], r, out); heads.push(...out); }
-        return heads;
+    heads, columns = chunk.evaluate("""async () => {
+        const data = await attReport.page.readSection('L03-H0-2'), out = new Int32Array(data.tokens), rows = [], cols = [];
+        for (let h = 0; h < 3; h++) for (let r = 0; r < data.tokens; r++) { data.fillRow([h], r, out); rows.push(...out); }
+        for (let h = 0; h < 3; h++) for (let k = 0; k < data.tokens; k++) { data.fillColumn([h], k, out); cols.push(...out); }
+        return [rows, cols];
     }""")
     payload = chunk.eval_on_selector("#att-payload-0", "e => e.textContent.trim()")
     expected = np.rint(decode_rows(payload, 3, 0, TOKENS, TOKENS, True).astype(np.float64) * 255)
     np.testing.assert_array_equal(np.array(heads).reshape(3, TOKENS, TOKENS), expected)
+    np.testing.assert_array_equal(np.array(columns).reshape(3, TOKENS, TOKENS).transpose(0, 2, 1), expected)
 
 
 @pytest.mark.parametrize("head", ["0", "2", "mean"])

@@ -1,0 +1,151 @@
+"""Benchmark the chunk page at length in headless Chromium (not a test; prints figures).
+
+A synthetic causal attention of --tokens tokens and --heads heads with a heavy tail of tiny weights (as real long
+prompts have: a sink, a few strong keys, most of each row's mass spread thinly) is rendered as one chunk page; then,
+by the page's own clock: open to interactive (body[data-shown]), the whole matrix drawn (canvas[data-drawn]), one
+hover update of each text view (event, handlers and the style and layout it causes) as p50 and p95, the JS heap
+(CDP Performance.getMetrics JSHeapUsedSize) and the renderer's resident memory; and the page's size.
+
+    python examples/benchmark_views.py [--tokens 8192] [--heads 2] [--hovers 60] [--screenshots DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from att_report.report.page_types import HeadLabel, Link, Navigation, TokenText
+from att_report.report.templating import write_html
+from att_report.report.viewer import Section, render_chunk_page
+
+WORDS = ["The", " quick", " brown", " fox", "\n", " jumps", " over", " the", " lazy", " dog", "."]
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+# Records, by the page's clock, when the first section becomes interactive (body gets data-shown).
+SHOWN_PROBE = """
+new MutationObserver((changes, observer) => {
+  if (document.body && document.body.hasAttribute('data-shown')) { window.shownAt = performance.now(); observer.disconnect(); }
+}).observe(document, { attributes: true, subtree: true, attributeFilter: ['data-shown'] });
+"""
+# One hover: the mouseover the view listens to, then the style and layout it causes, timed in the page.
+HOVER = """([view, index]) => {
+  const token = document.querySelector(`[data-view="${view}"] [data-index="${index}"]`);
+  const started = performance.now();
+  token.dispatchEvent(new MouseEvent('mouseover', { bubbles: true }));
+  document.body.offsetHeight;
+  return performance.now() - started;
+}"""
+
+
+def heavy_tail(rng: np.random.Generator, heads: int, tokens: int, block: int = 512) -> np.ndarray:
+    """Causal softmax rows with a sink and rare strong keys, built a block of rows at a time in float32."""
+    out = np.zeros((heads, tokens, tokens), dtype=np.float32)
+    for head in range(heads):
+        for start in range(0, tokens, block):
+            rows = np.arange(start, min(tokens, start + block))
+            scores = rng.standard_normal((len(rows), tokens), dtype=np.float32)
+            scores[:, 0] += 6.0
+            scores += np.where(rng.random((len(rows), tokens), dtype=np.float32) < 0.01, 5.0, 0.0).astype(np.float32)
+            scores[np.arange(tokens)[None, :] > rows[:, None]] = -np.inf
+            weights = np.exp(scores - scores.max(axis=1, keepdims=True))
+            out[head, rows] = weights / weights.sum(axis=1, keepdims=True)
+    return out
+
+
+def build_page(path: Path, tokens: int, heads: int) -> dict[str, Any]:
+    """Render the synthetic chunk page; say how long it took and how big it is."""
+    attention = heavy_tail(np.random.default_rng(0), heads, tokens)
+    tiny = float(np.where(attention[:, -1] < 1 / 510, attention[:, -1], 0).sum(-1).mean())
+    text = TokenText(tuple(WORDS[i % len(WORDS)] for i in range(tokens)), (False,) * tokens, tokens - 64, True)
+    section = Section("L00-H0", "Layer 0", 0, tuple(HeadLabel(h, f"head {h}") for h in range(heads)), attention, 0)
+    navigation = Navigation(index=Link("Index", "index.html"), prev_layer=None, next_layer=None, prev_group=None, next_group=None)
+    started = time.perf_counter()
+    write_html(path, render_chunk_page("Layer 0", text, [section], navigation))
+    return {
+        "tokens x heads": f"{tokens} x {heads}",
+        "last row's mass in weights < 1/510": round(tiny, 3),
+        "render s": round(time.perf_counter() - started, 1),
+        "page MB": round(path.stat().st_size / 1e6, 2),
+    }
+
+
+def measure(path: Path, tokens: int, hovers: int, screenshots: Path | None) -> dict[str, Any]:
+    """Open the page in headless Chromium and time it by its own clock."""
+    import psutil
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=shutil.which("chromium"), args=FLAGS)
+        page = browser.new_page(viewport={"width": 1600, "height": 900})
+        page.add_init_script(SHOWN_PROBE)
+        session = page.context.new_cdp_session(page)
+        session.send("Performance.enable")
+        page.goto(path.as_uri())
+        page.wait_for_selector("body[data-shown]", timeout=120_000)
+        shown = page.evaluate("window.shownAt")
+        page.wait_for_selector("canvas[data-matrix][data-drawn]", timeout=120_000)
+        drawn = page.evaluate("performance.now()")
+        rng = np.random.default_rng(1)
+        times: dict[str, list[float]] = {"observer": [], "observed": []}
+        for view in times:
+            for index in rng.integers(tokens // 2, tokens, hovers):
+                times[view].append(page.evaluate(HOVER, [view, int(index)]))
+        metrics = {m["name"]: m["value"] for m in session.send("Performance.getMetrics")["metrics"]}
+        renderers = [p for p in psutil.process_iter(["cmdline"]) if "--type=renderer" in " ".join(p.info["cmdline"] or [])]
+        resident = max((p.memory_info().rss for p in renderers), default=0)
+        if screenshots:
+            shoot(page, screenshots, tokens)
+        browser.close()
+    figures: dict[str, Any] = {
+        "open to interactive, page clock, ms": round(shown),
+        "whole matrix drawn, page clock, ms": round(drawn),
+    }
+    for view, values in times.items():
+        values.sort()
+        figures[f"{view} hover p50 / p95 ms"] = f"{statistics.median(values):.1f} / {values[int(0.95 * (len(values) - 1))]:.1f}"
+    figures["JSHeapUsedSize MB"] = round(metrics["JSHeapUsedSize"] / 1e6, 1)
+    figures["renderer RSS MB (largest renderer)"] = round(resident / 1e6)
+    return figures
+
+
+def shoot(page: Any, folder: Path, tokens: int) -> None:
+    """Screenshots of the long page: views with their strips, and the matrix zoomed to single tokens."""
+    folder.mkdir(parents=True, exist_ok=True)
+    page.hover(f'[data-view="observer"] [data-index="{tokens - 100}"]')
+    page.click('[data-strip="observer"] [data-block-start]:last-child')
+    page.hover('[data-view="observed"] [data-index="3"]')
+    page.screenshot(path=str(folder / "views.png"))
+    box = page.locator("[data-matrix]").bounding_box()
+    page.mouse.move(box["x"] + 0.7 * box["width"], box["y"] + 0.9 * box["height"])
+    page.screenshot(path=str(folder / "matrix-whole.png"))
+    for _ in range(10):
+        page.mouse.wheel(0, -100)
+    page.wait_for_selector("canvas[data-matrix][data-drawn]")
+    page.mouse.move(box["x"] + 0.5 * box["width"] + 3, box["y"] + 0.5 * box["height"] + 3)
+    page.locator("[data-matrix-panel]").screenshot(path=str(folder / "matrix-zoomed.png"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tokens", type=int, default=8192)
+    parser.add_argument("--heads", type=int, default=2)
+    parser.add_argument("--hovers", type=int, default=60, help="hovers timed per view")
+    parser.add_argument("--screenshots", type=Path, help="save screenshots of the long page here")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(scratch) / "chunk.html"
+        figures = build_page(path, args.tokens, args.heads)
+        figures.update(measure(path, args.tokens, args.hovers, args.screenshots))
+    width = max(len(key) for key in figures)
+    for key, value in figures.items():
+        print(f"  {key:<{width}}  {value}")
+
+
+if __name__ == "__main__":
+    main()
