@@ -9,6 +9,7 @@ window.attReport = window.attReport || {};
   var EXPORT_SIZE = 1200;
   var MARGIN_LEFT = 96;   /* room for query labels */
   var MARGIN_TOP = 72;    /* room for key labels */
+  var MARGIN_RIGHT = 40;  /* room for the last key labels, which lean right */
   var MIN_SIDE = 200;
   var MAX_SIDE = 900;
   var MIN_CELLS = 8;      /* the deepest zoom shows this many tokens a side */
@@ -123,7 +124,7 @@ window.attReport = window.attReport || {};
     this.canvas.style.height = bins.height + 'px';
     this.canvas.style.left = MARGIN_LEFT + 'px';
     this.canvas.style.top = MARGIN_TOP + 'px';
-    this.frame.style.width = MARGIN_LEFT + bins.width + 'px';
+    this.frame.style.width = MARGIN_LEFT + bins.width + MARGIN_RIGHT + 'px';
     this.frame.style.height = MARGIN_TOP + bins.height + 'px';
     var first = layout.rowStart + region.row;
     this.canvas.setAttribute('data-region', [first, first + region.rows - 1, region.key, region.key + region.keys - 1].join(' '));
@@ -140,7 +141,7 @@ window.attReport = window.attReport || {};
 
   /* The longer side of the heatmap in CSS pixels: the panel's width, at most 70% of the window's height. */
   proto.side = function () {
-    var width = (this.frame.parentElement.clientWidth || 480 + MARGIN_LEFT) - MARGIN_LEFT - 4;
+    var width = (this.frame.parentElement.clientWidth || 480 + MARGIN_LEFT) - MARGIN_LEFT - MARGIN_RIGHT;
     var height = (window.innerHeight || 800) * 0.7 - MARGIN_TOP;
     return Math.floor(clamp(Math.min(width, height), MIN_SIDE, MAX_SIDE));
   };
@@ -339,7 +340,7 @@ window.attReport = window.attReport || {};
   /* The overlay: token labels (or the region's first and last index) and the crosshair on the pointed cell. */
   proto.drawOverlay = function () {
     var bins = this.bins, dpr = window.devicePixelRatio || 1, overlay = this.overlay;
-    var width = MARGIN_LEFT + bins.width, height = MARGIN_TOP + bins.height;
+    var width = MARGIN_LEFT + bins.width + MARGIN_RIGHT, height = MARGIN_TOP + bins.height;
     if (overlay.width !== Math.round(width * dpr) || overlay.height !== Math.round(height * dpr)) {
       overlay.width = Math.round(width * dpr);
       overlay.height = Math.round(height * dpr);
@@ -359,7 +360,7 @@ window.attReport = window.attReport || {};
     var x = MARGIN_LEFT + pointer.j * cellW, y = MARGIN_TOP + pointer.i * cellH;
     context.beginPath();
     context.moveTo(MARGIN_LEFT - 2, y + cellH / 2);
-    context.lineTo(width, y + cellH / 2);
+    context.lineTo(MARGIN_LEFT + bins.width, y + cellH / 2);
     context.moveTo(x + cellW / 2, MARGIN_TOP - 2);
     context.lineTo(x + cellW / 2, height);
     context.stroke();

@@ -210,3 +210,31 @@ def test_fragment_naming_no_section_opens_the_first(page: Any, tmp_path: Path, f
     assert page.get_attribute("body", "data-shown") == "L03-H0-2" and page.page_errors == []
     hover(page, "observer", 20)
     assert np.abs(numbers(weights(page, "observer")) - attention[0, 20]).max() <= ERROR_BOUND + SLACK
+
+
+@pytest.mark.parametrize("options", [(), ("ignore-sink",), ("log",), ("ignore-sink", "log")])
+def test_matrix_cells_take_the_text_views_colours(page: Any, tmp_path: Path, options: tuple[str, ...]) -> None:
+    # At 40 tokens each matrix cell is one token: cell (q, k) has the colour of token k in the observer view of q.
+    attention = heavy_tail(np.random.default_rng(5), 2, 40)
+    html = render_chunk_page("Layer 3", make_text(tokens_for(40), 40), [make_section(attention)], NAVIGATION)
+    open_page(page, tmp_path / "colours.html", html)  # all prompt: no completion background under the colours
+    for option in options:
+        page.check(f'[data-option="{option}"]')
+    page.click('[data-head="mean"]')
+    page.wait_for_selector("[data-matrix][data-drawn]")
+    assert matrix_state(page)[1] == [1, 1]
+    pixels = np.array(page.evaluate("""() => {
+        const canvas = document.querySelector('[data-matrix]');
+        return Array.from(canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data);
+    }""")).reshape(40, 40, 4)[..., :3]
+    for query in (1, 17, 39):
+        hover(page, "observer", query)
+        colours = page.eval_on_selector_all('[data-view="observer"] [data-index]',
+                                            "els => els.map(e => getComputedStyle(e).backgroundColor)")
+        for key in range(query + 1):
+            if "ignore-sink" in options and key == 0:
+                assert tuple(pixels[query, key]) == (226, 228, 232)  # left out of the scale, as the text view's hatch
+                continue
+            rgb = (255, 255, 255) if colours[key] == "rgba(0, 0, 0, 0)" else tuple(int(v) for v in colours[key][4:-1].split(","))
+            assert tuple(pixels[query, key]) == rgb, (query, key)
+        assert all(tuple(pixels[query, key]) == (243, 244, 246) for key in range(query + 1, 40))  # above the diagonal
