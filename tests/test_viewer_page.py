@@ -110,7 +110,10 @@ def test_views_and_head_selector_follow_the_contract(single: Walk) -> None:
     assert [single.text(i) for i, _ in buttons] == ["head 0 · kv 0", "head 1 · kv 0", "head 2 · kv 1", "group mean"]
     assert len(single.find("canvas", data_matrix=None)) == 1
     assert {a["data-export"] for _, a in single.find("button", data_export=None)} == {"png", "svg"}
-    assert {a["data-option"] for _, a in single.find("input", data_option=None)} == {"row-max", "ignore-sink"}
+    assert {a["data-option"] for _, a in single.find("input", data_option=None)} == {"row-max", "ignore-sink", "log"}
+    assert {a["data-strip"] for _, a in single.find(data_strip=None)} == {"observer", "observed"}
+    assert {a["data-matrix-zoom"] for _, a in single.find("button", data_matrix_zoom=None)} == {"in", "out", "whole"}
+    assert len(single.find("canvas", data_matrix_overlay=None)) == 1 and len(single.find(data_matrix_legend=None)) == 1
 
 
 def test_one_json_payload_holds_the_tokens(single: Walk) -> None:
