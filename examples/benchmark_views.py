@@ -3,8 +3,9 @@
 A synthetic causal attention of --tokens tokens and --heads heads with a heavy tail of tiny weights (as real long
 prompts have: a sink, a few strong keys, most of each row's mass spread thinly) is rendered as one chunk page; then,
 by the page's own clock: open to interactive (body[data-shown]), the whole matrix drawn (canvas[data-drawn]), one
-hover update of each text view (event, handlers and the style and layout it causes) as p50 and p95, the JS heap
-(CDP Performance.getMetrics JSHeapUsedSize) and the renderer's resident memory; and the page's size.
+hover update of each text view (event, handlers and the style and layout it causes) as p50 and p95, the switch to
+the group mean, the JS heap (CDP Performance.getMetrics JSHeapUsedSize) and the renderer's resident memory; and the
+page's size.
 
     python examples/benchmark_views.py [--tokens 8192] [--heads 2] [--hovers 60] [--screenshots DIR]
 """
@@ -92,10 +93,16 @@ def measure(path: Path, tokens: int, hovers: int, screenshots: Path | None) -> d
         page.wait_for_selector("canvas[data-matrix][data-drawn]", timeout=120_000)
         drawn = page.evaluate("performance.now()")
         rng = np.random.default_rng(1)
-        times: dict[str, list[float]] = {"observer": [], "observed": []}
+        times: dict[str, list[float]] = {"observed": [], "observer": []}
         for view in times:
             for index in rng.integers(tokens // 2, tokens, hovers):
                 times[view].append(page.evaluate(HOVER, [view, int(index)]))
+        mean = page.evaluate("""() => {
+          const started = performance.now();
+          document.querySelector('[data-head="mean"]').click();
+          document.body.offsetHeight;
+          return performance.now() - started;
+        }""")
         metrics = {m["name"]: m["value"] for m in session.send("Performance.getMetrics")["metrics"]}
         renderers = [p for p in psutil.process_iter(["cmdline"]) if "--type=renderer" in " ".join(p.info["cmdline"] or [])]
         resident = max((p.memory_info().rss for p in renderers), default=0)
@@ -109,6 +116,7 @@ def measure(path: Path, tokens: int, hovers: int, screenshots: Path | None) -> d
     for view, values in times.items():
         values.sort()
         figures[f"{view} hover p50 / p95 ms"] = f"{statistics.median(values):.1f} / {values[int(0.95 * (len(values) - 1))]:.1f}"
+    figures["switch to the group mean (unpacks every head), ms"] = round(mean)
     figures["JSHeapUsedSize MB"] = round(metrics["JSHeapUsedSize"] / 1e6, 1)
     figures["renderer RSS MB (largest renderer)"] = round(resident / 1e6)
     return figures

@@ -13,6 +13,8 @@ window.attReport = window.attReport || {};
     this.count = count;
     this.cells = [];
     this.sums = new Float64Array(Math.ceil(count / this.block));
+    this.levels = new Int16Array(this.sums.length);
+    this.shown = -1;
     this.onPick = null;
     element.setAttribute('data-block-size', String(this.block));
     var fragment = document.createDocumentFragment();
@@ -37,19 +39,29 @@ window.attReport = window.attReport || {};
   var proto = ns.MassStrip.prototype;
 
   /* Show the block sums of sums[k] / divisor, coloured against the largest block (log scale when `log`), and mark
-     the block of token `shown`. */
+     the block of token `shown`. Only cells whose sum or colour changed are touched. */
   proto.show = function (sums, divisor, log, shown) {
     var block = this.block, totals = this.sums, max = 0, b;
     totals.fill(0);
     for (var k = 0; k < this.count; k++) totals[(k / block) | 0] += sums[k];
     for (b = 0; b < totals.length; b++) if (totals[b] > max) max = totals[b];
     for (b = 0; b < totals.length; b++) {
-      var cell = this.cells[b], mass = totals[b] / divisor, level = ns.colourLevel(max ? totals[b] / max : 0, log);
-      cell.setAttribute('data-mass', String(mass));
-      cell.style.backgroundColor = level > 0 ? ns.paletteCss[level] : '';
-      cell.classList.toggle('att-shown', b === ((shown / block) | 0));
-      cell.title = 'tokens ' + cell.getAttribute('data-block-start') + '–' + cell.getAttribute('data-block-end') +
-        ': ' + mass.toFixed(4);
+      var cell = this.cells[b], text = String(totals[b] / divisor), level = ns.colourLevel(max ? totals[b] / max : 0, log);
+      if (cell.getAttribute('data-mass') !== text) {
+        cell.setAttribute('data-mass', text);
+        cell.title = 'tokens ' + cell.getAttribute('data-block-start') + '–' + cell.getAttribute('data-block-end') +
+          ': ' + (totals[b] / divisor).toFixed(4);
+      }
+      if (this.levels[b] !== level) {
+        cell.style.backgroundColor = level > 0 ? ns.paletteCss[level] : '';
+        this.levels[b] = level;
+      }
+    }
+    var at = (shown / block) | 0;
+    if (this.shown !== at) {
+      if (this.shown >= 0) this.cells[this.shown].classList.remove('att-shown');
+      this.cells[at].classList.add('att-shown');
+      this.shown = at;
     }
   };
 
@@ -58,7 +70,9 @@ window.attReport = window.attReport || {};
     for (var b = 0; b < this.cells.length; b++) {
       this.cells[b].removeAttribute('data-mass');
       this.cells[b].style.backgroundColor = '';
-      this.cells[b].classList.remove('att-shown');
     }
+    if (this.shown >= 0) this.cells[this.shown].classList.remove('att-shown');
+    this.levels.fill(0);
+    this.shown = -1;
   };
 })(window.attReport);
