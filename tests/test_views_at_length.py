@@ -238,3 +238,28 @@ def test_matrix_cells_take_the_text_views_colours(page: Any, tmp_path: Path, opt
             rgb = (255, 255, 255) if colours[key] == "rgba(0, 0, 0, 0)" else tuple(int(v) for v in colours[key][4:-1].split(","))
             assert tuple(pixels[query, key]) == rgb, (query, key)
         assert all(tuple(pixels[query, key]) == (243, 244, 246) for key in range(query + 1, 40))  # above the diagonal
+
+
+def test_rendered_report_keeps_each_rows_mass_against_the_store(page: Any, tmp_path: Path) -> None:
+    # End to end: a store of 2,000 tokens written as capture writes it (float16), rendered by att_report.render, its
+    # chunk page opened; the observer view against the store's own rows, and the share plain rounding would lose.
+    import att_report
+    from synthetic import write_synthetic_store
+
+    tokens = tokens_for(2000)
+    write_synthetic_store(tmp_path / "store", tokens, 1990, num_layers=1, num_heads=2, seed=4)
+    store = att_report.load(tmp_path / "store")
+    report = att_report.render(tmp_path / "store", tmp_path / "report")
+    (chunk,) = sorted(report.glob("layer-*.html"))
+    page.goto(chunk.as_uri())
+    page.wait_for_selector("body[data-shown]")
+    for head, rows in ((0, (1500, 1999)), (1, (1000,))):
+        page.click(f'[data-head="{head}"]')
+        for row in rows:
+            truth = store.attention(0, heads=[head], rows=[row])[0, 0].astype(np.float64)
+            assert np.where(truth < 1 / 510, truth, 0).sum() > 0.05  # what rounding each weight would have lost
+            hover(page, "observer", row)
+            shown = numbers(weights(page, "observer"))
+            assert np.abs(shown - truth).max() <= ERROR_BOUND + SLACK
+            assert abs(shown.sum() - truth.sum()) <= 0.01
+            assert np.abs(np.add.reduceat(shown - truth, np.arange(0, 2000, BLOCK))).max() <= 0.01
