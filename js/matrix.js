@@ -16,7 +16,7 @@ window.attReport = window.attReport || {};
   var LABEL_PX = 12;      /* token labels are drawn once a cell is this many pixels */
   var LABEL_CHARS = 12;
   var FONT = '11px ui-monospace, monospace';
-  var SLICE_CELLS = 1 << 21;  /* row cells coloured per task while drawing, so hovering stays smooth */
+  var ROWS_PER_TASK = 2048;  /* query rows coloured per task while drawing (a few ms), so hovering stays smooth */
   var NONE = -2;          /* above the diagonal: no weight exists */
   var NONE_RGB = [243, 244, 246];
   var EXCLUDED_RGB = [226, 228, 232];  /* the first token, left out of the scale */
@@ -153,7 +153,7 @@ window.attReport = window.attReport || {};
 
   /* Begin colouring the region's cells, a slice of rows per task; an older drawing stops. */
   proto.startDrawing = function () {
-    var bins = this.bins, region = this.region, layout = this.source.data.layout;
+    var bins = this.bins, region = this.region;
     if (this.levels.length !== bins.rows * bins.keys) this.levels = new Int16Array(bins.rows * bins.keys);
     var keyBin = new Int32Array(region.keys);
     for (var j = 0; j < bins.keys; j++) {
@@ -162,7 +162,7 @@ window.attReport = window.attReport || {};
     this.canvas.removeAttribute('data-drawn');
     if (this.job && this.job.timer !== null) clearTimeout(this.job.timer);
     this.job = { bin: 0, keyBin: keyBin, timer: null, image: this.canvas.getContext('2d').createImageData(bins.keys, bins.rows) };
-    this.job.perTask = Math.max(1, Math.floor(SLICE_CELLS / (layout.numTokens * Math.max(1, bins.rowSize))));
+    this.job.perTask = Math.max(1, Math.floor(ROWS_PER_TASK / bins.rowSize));
     this.schedule();
   };
 
