@@ -3,18 +3,17 @@
 A synthetic causal attention of --tokens tokens and --heads heads with a heavy tail of tiny weights (as real long
 prompts have: a sink, a few strong keys, most of each row's mass spread thinly) is rendered as one chunk page; then,
 by the page's own clock: open to interactive (body[data-shown]), the whole matrix drawn (canvas[data-drawn]), one
-hover update of each text view (event, handlers and the style and layout it causes) as p50 and p95, the switch to
+hover update of the observer view (event, handlers and the style and layout it causes) as p50 and p95, the switch to
 the group mean, the JS heap (CDP Performance.getMetrics JSHeapUsedSize) and the renderer's resident memory; and the
 page's size.
 
-    python examples/benchmark_views.py [--tokens 8192] [--heads 2] [--hovers 60] [--screenshots DIR]
+    python examples/benchmark_views.py [--tokens 8192] [--heads 3] [--hovers 200] [--screenshots DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import shutil
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -22,28 +21,14 @@ from typing import Any
 
 import numpy as np
 
+from benchmark import HOVER_PROBE, SHOWN_PROBE  # the main benchmark's probes: the same figures, measured the same way
+
 from att_report.report.page_types import HeadLabel, Link, Navigation, TokenText
 from att_report.report.templating import write_html
 from att_report.report.viewer import Section, render_chunk_page
 
 WORDS = ["The", " quick", " brown", " fox", "\n", " jumps", " over", " the", " lazy", " dog", "."]
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-# Records, by the page's clock, when the first section becomes interactive (body gets data-shown).
-SHOWN_PROBE = """
-new MutationObserver((changes, observer) => {
-  if (document.body && document.body.hasAttribute('data-shown')) { window.shownAt = performance.now(); observer.disconnect(); }
-}).observe(document, { attributes: true, subtree: true, attributeFilter: ['data-shown'] });
-"""
-# One hover: the mouseover the view listens to, then the style and layout it causes, timed in the page.
-HOVER = """([view, index]) => {
-  const token = document.querySelector(`[data-view="${view}"] [data-index="${index}"]`);
-  const started = performance.now();
-  token.dispatchEvent(new MouseEvent('mouseover', { bubbles: true }));
-  document.body.offsetHeight;
-  return performance.now() - started;
-}"""
-
-
 def heavy_tail(rng: np.random.Generator, heads: int, tokens: int, block: int = 512) -> np.ndarray:
     """Causal softmax rows with a sink and rare strong keys, built a block of rows at a time in float32."""
     out = np.zeros((heads, tokens, tokens), dtype=np.float32)
@@ -89,14 +74,10 @@ def measure(path: Path, tokens: int, hovers: int, screenshots: Path | None) -> d
         session.send("Performance.enable")
         page.goto(path.as_uri())
         page.wait_for_selector("body[data-shown]", timeout=120_000)
-        shown = page.evaluate("window.shownAt")
+        shown = page.evaluate("window.__shownAt")
         page.wait_for_selector("canvas[data-matrix][data-drawn]", timeout=120_000)
         drawn = page.evaluate("performance.now()")
-        rng = np.random.default_rng(1)
-        times: dict[str, list[float]] = {"observed": [], "observer": []}
-        for view in times:
-            for index in rng.integers(tokens // 2, tokens, hovers):
-                times[view].append(page.evaluate(HOVER, [view, int(index)]))
+        hover = page.evaluate(HOVER_PROBE, hovers)
         mean = page.evaluate("""() => {
           const started = performance.now();
           document.querySelector('[data-head="mean"]').click();
@@ -113,9 +94,7 @@ def measure(path: Path, tokens: int, hovers: int, screenshots: Path | None) -> d
         "open to interactive, page clock, ms": round(shown),
         "whole matrix drawn, page clock, ms": round(drawn),
     }
-    for view, values in times.items():
-        values.sort()
-        figures[f"{view} hover p50 / p95 ms"] = f"{statistics.median(values):.1f} / {values[int(0.95 * (len(values) - 1))]:.1f}"
+    figures["observer hover p50 / p95 ms"] = f"{hover[0]:.1f} / {hover[1]:.1f}"
     figures["switch to the group mean (unpacks every head), ms"] = round(mean)
     figures["JSHeapUsedSize MB"] = round(metrics["JSHeapUsedSize"] / 1e6, 1)
     figures["renderer RSS MB (largest renderer)"] = round(resident / 1e6)
@@ -142,8 +121,8 @@ def shoot(page: Any, folder: Path, tokens: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokens", type=int, default=8192)
-    parser.add_argument("--heads", type=int, default=2)
-    parser.add_argument("--hovers", type=int, default=60, help="hovers timed per view")
+    parser.add_argument("--heads", type=int, default=3, help="heads on the page (about what fits 10 MB at 8k)")
+    parser.add_argument("--hovers", type=int, default=200, help="observer hovers timed, evenly spaced over the tokens")
     parser.add_argument("--screenshots", type=Path, help="save screenshots of the long page here")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:

@@ -131,8 +131,7 @@ window.attReport = window.attReport || {};
     this.canvas.setAttribute('data-cell-tokens', bins.keySize + ' ' + bins.rowSize);
     this.legend.textContent = bins.keySize === 1 && bins.rowSize === 1
       ? 'Each cell is one query token × one key token.'
-      : 'Each cell is a block of up to ' + bins.rowSize + ' query × ' + bins.keySize +
-        ' key tokens, coloured by its largest weight (the readout names that weight and its tokens).';
+      : 'Each cell: up to ' + bins.rowSize + ' query × ' + bins.keySize + ' key tokens, coloured by its largest weight.';
     this.pointer = null;
     this.describe();
     this.drawOverlay();
