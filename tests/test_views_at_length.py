@@ -265,3 +265,18 @@ def test_rendered_report_keeps_each_rows_mass_against_the_store(page: Any, tmp_p
             assert np.abs(shown - truth).max() <= ERROR_BOUND + SLACK
             assert abs(shown.sum() - truth.sum()) <= 0.01
             assert np.abs(np.add.reduceat(shown - truth, np.arange(0, 2000, BLOCK))).max() <= 0.01
+
+
+def test_matrix_of_a_split_page_reads_its_own_rows(page: Any, tmp_path: Path) -> None:
+    attention = heavy_tail(np.random.default_rng(6), 1, 24)
+    section = make_section(attention, row_start=8, row_count=8, heads=(0,))
+    open_page(page, tmp_path / "rows.html", render_chunk_page("rows", make_text(tokens_for(24), 20), [section], NAVIGATION))
+    region, cells = matrix_state(page)
+    assert region == [8, 15, 0, 23] and cells == [1, 1]
+    box = page.locator("[data-matrix]").bounding_box()
+    for query, key in ((8, 3), (15, 15), (12, 0)):
+        page.mouse.move(box["x"] + (key + 0.5) * box["width"] / 24, box["y"] + (query - 8 + 0.5) * box["height"] / 8)
+        assert readout(page)[:2] == (query, key)
+        assert abs(float(readout(page)[2]) - attention[0, query, key]) <= ERROR_BOUND
+    page.mouse.move(box["x"] + 20.5 * box["width"] / 24, box["y"] + 0.5 * box["height"] / 8)  # query 8, key 20
+    assert page.text_content('[data-status="matrix"]').endswith("none (a later token)")
