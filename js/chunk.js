@@ -12,7 +12,6 @@ window.attReport = window.attReport || {};
     this.current = null;
     this.choice = null;
     this.request = 0;
-    this.options = { rowMax: false, ignoreSink: false, log: false };
     var page = this;
     data.sections.forEach(function (section) { page.sections[section.key] = section; });
     this.observer = this.textView('observer');
@@ -70,6 +69,12 @@ window.attReport = window.attReport || {};
     document.body.setAttribute('data-shown', key);
   };
 
+  /* Whether scale option `option` is on and offered for the shown section. */
+  proto.optionOn = function (option) {
+    var input = find(this.root, '[data-option="' + option + '"]');
+    return Boolean(input && input.checked && !input.closest('[hidden]'));
+  };
+
   proto.headButtons = function () {
     var group = find(this.root, '[data-section-heads="' + CSS.escape(this.current.meta.key) + '"]');
     return Array.prototype.slice.call(group.querySelectorAll('[data-head]'));
@@ -85,11 +90,21 @@ window.attReport = window.attReport || {};
     this.refresh();
   };
 
-  /* Hand the current section, head choice and scale to every view. */
+  /* Hand the current section, head choice and scale (the options offered for it) to every view; the legend names
+     the scale in use. */
   proto.refresh = function () {
     var slot = this.choice.getAttribute('data-slot'), count = this.current.meta.headCount, slots = [];
     if (slot === 'mean') for (var h = 0; h < count; h++) slots.push(h); else slots.push(Number(slot));
-    var source = { data: this.current.data, slots: slots, divisor: ns.QUANT_LEVELS * slots.length, options: this.options };
+    var options = { rowMax: this.optionOn('row-max'), ignoreSink: this.optionOn('ignore-sink'), log: this.optionOn('log') };
+    var scale = options.rowMax ? 'row' : 'one', ramp = options.log ? 'log' : 'linear';
+    this.root.querySelectorAll('[data-legend-scale]').forEach(function (element) {
+      element.hidden = element.getAttribute('data-legend-scale') !== scale;
+    });
+    this.root.querySelectorAll('[data-legend-ramp]').forEach(function (element) {
+      element.hidden = element.getAttribute('data-legend-ramp') !== ramp;
+    });
+    find(this.root, '[data-legend-sink]').hidden = !options.ignoreSink;
+    var source = { data: this.current.data, slots: slots, divisor: ns.QUANT_LEVELS * slots.length, options: options };
     this.observer.setSource(source);
     this.observed.setSource(source);
     this.matrix.setSource(source);
@@ -110,29 +125,11 @@ window.attReport = window.attReport || {};
       if (format && page.current) page.exportMatrix(format.getAttribute('data-export'));
     });
     this.root.addEventListener('change', function (event) {
-      var option = event.target.getAttribute('data-option');
-      if (option) page.setOption(option, event.target.checked);
+      if (event.target.hasAttribute('data-option') && page.current) page.refresh();
       if (event.target.hasAttribute('data-section-select')) page.showSection(event.target.value, null);
     });
     document.addEventListener('keydown', function (event) { page.onKey(event); });
     window.addEventListener('hashchange', function () { page.openFragment(); });
-  };
-
-  var OPTIONS = { 'row-max': 'rowMax', 'ignore-sink': 'ignoreSink', log: 'log' };
-
-  /* Turn a scale option on or off: 'row-max', 'ignore-sink' or 'log'; the legend names the scale in use. */
-  proto.setOption = function (option, on) {
-    if (!owns(OPTIONS, option)) return;
-    this.options[OPTIONS[option]] = on;
-    var scale = this.options.rowMax ? 'row' : 'one', ramp = this.options.log ? 'log' : 'linear';
-    this.root.querySelectorAll('[data-legend-scale]').forEach(function (element) {
-      element.hidden = element.getAttribute('data-legend-scale') !== scale;
-    });
-    this.root.querySelectorAll('[data-legend-ramp]').forEach(function (element) {
-      element.hidden = element.getAttribute('data-legend-ramp') !== ramp;
-    });
-    find(this.root, '[data-legend-sink]').hidden = !this.options.ignoreSink;
-    if (this.current) this.refresh();
   };
 
   /* Whether `key` names an own property of `table` (never one inherited, such as 'constructor'). */
@@ -171,9 +168,6 @@ window.attReport = window.attReport || {};
     var root = document.querySelector('[data-viewer]');
     var data = ns.expandTokenData(JSON.parse(document.getElementById('att-data').textContent));
     ns.page = new ns.ChunkPage(root, data);
-    root.querySelectorAll('[data-option]').forEach(function (input) {
-      ns.page.setOption(input.getAttribute('data-option'), input.checked);
-    });
     ns.page.openFragment();
   });
 })(window.attReport);
