@@ -14,39 +14,27 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from benchmark import HOVER_PROBE, SHOWN_PROBE  # the main benchmark's probes: the same figures, measured the same way
 
 from att_report.report.page_types import HeadLabel, Link, Navigation, TokenText
 from att_report.report.templating import write_html
 from att_report.report.viewer import Section, render_chunk_page
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from synthetic import heavy_tail_attention  # noqa: E402  (the tests' long-prompt attention, built in row blocks)
+
 WORDS = ["The", " quick", " brown", " fox", "\n", " jumps", " over", " the", " lazy", " dog", "."]
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-def heavy_tail(rng: np.random.Generator, heads: int, tokens: int, block: int = 512) -> np.ndarray:
-    """Causal softmax rows with a sink and rare strong keys, built a block of rows at a time in float32."""
-    out = np.zeros((heads, tokens, tokens), dtype=np.float32)
-    for head in range(heads):
-        for start in range(0, tokens, block):
-            rows = np.arange(start, min(tokens, start + block))
-            scores = rng.standard_normal((len(rows), tokens), dtype=np.float32)
-            scores[:, 0] += 6.0
-            scores += np.where(rng.random((len(rows), tokens), dtype=np.float32) < 0.01, 5.0, 0.0).astype(np.float32)
-            scores[np.arange(tokens)[None, :] > rows[:, None]] = -np.inf
-            weights = np.exp(scores - scores.max(axis=1, keepdims=True))
-            out[head, rows] = weights / weights.sum(axis=1, keepdims=True)
-    return out
-
-
 def build_page(path: Path, tokens: int, heads: int) -> dict[str, Any]:
     """Render the synthetic chunk page; say how long it took and how big it is."""
-    attention = heavy_tail(np.random.default_rng(0), heads, tokens)
+    attention = heavy_tail_attention(np.random.default_rng(0), heads, tokens)
     tiny = float(np.where(attention[:, -1] < 1 / 510, attention[:, -1], 0).sum(-1).mean())
     text = TokenText(tuple(WORDS[i % len(WORDS)] for i in range(tokens)), (False,) * tokens, tokens - 64, True)
     section = Section("L00-H0", "Layer 0", 0, tuple(HeadLabel(h, f"head {h}") for h in range(heads)), attention, 0)

@@ -12,7 +12,7 @@ from att_report.report.encode import (
     ERROR_BOUND, PREFIX_BOUND, QUANT_LEVELS, SCHEME_DESCRIPTION, SUM_BOUND, decode_rows, encode_rows, quantize,
 )
 from att_report.errors import UsageError
-from synthetic import random_attention
+from synthetic import heavy_tail_attention, random_attention
 
 # float32 holds q / 255 to about 3e-8; the bound itself is exact in float64.
 FLOAT_SLACK = 1e-7
@@ -91,20 +91,10 @@ def test_decoded_values_are_bytes_over_255() -> None:
     np.testing.assert_array_equal(np.round(steps), expected)
 
 
-def heavy_tail(rng: np.random.Generator, heads: int, tokens: int) -> np.ndarray:
-    """Causal rows like a long prompt's: a sink and a few strong keys, the rest of the mass spread thinly."""
-    scores = rng.normal(scale=1.0, size=(heads, tokens, tokens))
-    scores[:, :, 0] += 6.0
-    scores += np.where(rng.random((heads, tokens, tokens)) < 0.01, 5.0, 0.0)
-    scores = np.where(np.tri(tokens, dtype=bool), scores, -np.inf)
-    weights = np.exp(scores - scores.max(axis=-1, keepdims=True))
-    return (weights / weights.sum(axis=-1, keepdims=True)).astype(np.float32)
-
-
 def test_small_weights_keep_their_mass() -> None:
     # At 600 tokens most weights lie below 1/510, where plain rounding gives 0; error diffusion keeps every prefix
     # sum of a row within 1/510, so each 64-key block and each row keeps its mass within 1/255.
-    matrices = heavy_tail(np.random.default_rng(4), 2, 600)
+    matrices = heavy_tail_attention(np.random.default_rng(4), 2, 600)
     assert (matrices[:, -1, :] < 1 / 510).mean() > 0.9 and (np.where(matrices < 1 / 510, matrices, 0).sum(-1) > 0.2).any()
     decoded = decode_rows(encode_rows(matrices, 0, True), 2, 0, 600, 600, True).astype(np.float64)
     truth = matrices.astype(np.float64)

@@ -12,7 +12,7 @@ import pytest
 
 from att_report.report.encode import ERROR_BOUND, SUM_BOUND, decode_rows
 from att_report.report.viewer import render_chunk_page
-from test_encode import heavy_tail
+from synthetic import heavy_tail_attention
 from test_viewer_browser import SLACK, hover, numbers, open_page, weights
 from test_viewer_page import NAVIGATION, make_section, make_text, tokens_for
 
@@ -27,7 +27,7 @@ ROWS = (700, 1100, TOKENS - 1)
 @pytest.fixture(scope="module")
 def attention() -> np.ndarray:
     """Two heads whose rows put a fifth or more of their mass in weights below 1/510, as a long prompt's do."""
-    matrices = heavy_tail(np.random.default_rng(30), 2, TOKENS)
+    matrices = heavy_tail_attention(np.random.default_rng(30), 2, TOKENS)
     tiny = np.where(matrices < 1 / 510, matrices, 0).sum(-1)
     assert np.median(tiny[:, 700:]) > 0.2  # plain rounding would lose that much of each row
     return matrices
@@ -206,7 +206,7 @@ def test_matrix_crosshair_and_layout_beside_the_views(long_page: Any) -> None:
 
 @pytest.mark.parametrize("fragment", ["#section=constructor", "#section=__proto__&head=toString", "#section=hasOwnProperty"])
 def test_fragment_naming_no_section_opens_the_first(page: Any, tmp_path: Path, fragment: str) -> None:
-    attention = heavy_tail(np.random.default_rng(2), 2, 40)
+    attention = heavy_tail_attention(np.random.default_rng(2), 2, 40)
     html = render_chunk_page("Layer 3", make_text(tokens_for(40), 30), [make_section(attention)], NAVIGATION)
     open_page(page, tmp_path / "frag.html", html, fragment)
     assert page.get_attribute("body", "data-shown") == "L03-H0-2" and page.page_errors == []
@@ -217,7 +217,7 @@ def test_fragment_naming_no_section_opens_the_first(page: Any, tmp_path: Path, f
 @pytest.mark.parametrize("options", [(), ("ignore-sink",), ("log",), ("ignore-sink", "log")])
 def test_matrix_cells_take_the_text_views_colours(page: Any, tmp_path: Path, options: tuple[str, ...]) -> None:
     # At 40 tokens each matrix cell is one token: cell (q, k) has the colour of token k in the observer view of q.
-    attention = heavy_tail(np.random.default_rng(5), 2, 40)
+    attention = heavy_tail_attention(np.random.default_rng(5), 2, 40)
     html = render_chunk_page("Layer 3", make_text(tokens_for(40), 40), [make_section(attention)], NAVIGATION)
     open_page(page, tmp_path / "colours.html", html)  # all prompt: no completion background under the colours
     for option in options:
@@ -268,7 +268,7 @@ def test_rendered_report_keeps_each_rows_mass_against_the_store(page: Any, tmp_p
 
 
 def test_matrix_of_a_split_page_reads_its_own_rows(page: Any, tmp_path: Path) -> None:
-    attention = heavy_tail(np.random.default_rng(6), 1, 24)
+    attention = heavy_tail_attention(np.random.default_rng(6), 1, 24)
     section = make_section(attention, row_start=8, row_count=8, heads=(0,))
     open_page(page, tmp_path / "rows.html", render_chunk_page("rows", make_text(tokens_for(24), 20), [section], NAVIGATION))
     region, cells = matrix_state(page)
