@@ -14,6 +14,7 @@ window.attReport = window.attReport || {};
     this.cells = [];
     this.sums = new Float64Array(Math.ceil(count / this.block));
     this.levels = new Int16Array(this.sums.length);
+    this.masses = new Float64Array(this.sums.length).fill(-1);  /* the data-mass each cell carries; -1: none */
     this.shown = -1;
     this.onPick = null;
     element.setAttribute('data-block-size', String(this.block));
@@ -46,11 +47,12 @@ window.attReport = window.attReport || {};
     for (var k = 0; k < this.count; k++) totals[(k / block) | 0] += sums[k];
     for (b = 0; b < totals.length; b++) if (totals[b] > max) max = totals[b];
     for (b = 0; b < totals.length; b++) {
-      var cell = this.cells[b], text = String(totals[b] / divisor), level = ns.colourLevel(max ? totals[b] / max : 0, log);
-      if (cell.getAttribute('data-mass') !== text) {
-        cell.setAttribute('data-mass', text);
+      var cell = this.cells[b], mass = totals[b] / divisor, level = ns.colourLevel(max ? totals[b] / max : 0, log);
+      if (this.masses[b] !== mass) {
+        cell.setAttribute('data-mass', String(mass));
         cell.title = 'tokens ' + cell.getAttribute('data-block-start') + '–' + cell.getAttribute('data-block-end') +
-          ': ' + (totals[b] / divisor).toFixed(4);
+          ': ' + mass.toFixed(4);
+        this.masses[b] = mass;
       }
       if (this.levels[b] !== level) {
         cell.style.backgroundColor = level > 0 ? ns.paletteCss[level] : '';
@@ -73,6 +75,7 @@ window.attReport = window.attReport || {};
     }
     if (this.shown >= 0) this.cells[this.shown].classList.remove('att-shown');
     this.levels.fill(0);
+    this.masses.fill(-1);
     this.shown = -1;
   };
 })(window.attReport);
