@@ -19,6 +19,9 @@ window.attReport = window.attReport || {};
     this.matrix = new ns.MatrixView(find(root, '[data-matrix-panel]'), data);
     this.active = this.observer;
     this.observer.onActivate = this.observed.onActivate = function (view) { page.active = view; };
+    this.observer.onShow = function (view) { page.matrix.mark('query', view.shown); };
+    this.observed.onShow = function (view) { page.matrix.mark('key', view.shown); };
+    this.matrix.onPick = function (query, key) { page.showPair(query, key); };
     this.listen();
   };
 
@@ -108,6 +111,12 @@ window.attReport = window.attReport || {};
     this.observer.setSource(source);
     this.observed.setSource(source);
     this.matrix.setSource(source);
+  };
+
+  /* Freeze the text views on a matrix cell: its query in the observer view, its key in the observed view. */
+  proto.showPair = function (query, key) {
+    this.observer.freezeOn(query);
+    this.observed.freezeOn(key);
   };
 
   /* Step through the head choices of the section, wrapping around. */

@@ -43,6 +43,8 @@ window.attReport = window.attReport || {};
     this.job = null;
     this.pointer = null;
     this.drag = null;
+    this.marks = { query: -1, key: -1 };  /* the tokens the text views show, marked on the overlay */
+    this.onPick = null;  /* called with (query, key) when a cell is clicked */
     this.listen();
   };
 
@@ -61,7 +63,13 @@ window.attReport = window.attReport || {};
       view.drag = { x: event.clientX, y: event.clientY, region: Object.assign({}, view.region) };
       event.preventDefault();
     });
-    window.addEventListener('mouseup', function () { view.drag = null; });
+    window.addEventListener('mouseup', function (event) {
+      var drag = view.drag;
+      view.drag = null;
+      if (drag && view.pointer && view.onPick && Math.abs(event.clientX - drag.x) + Math.abs(event.clientY - drag.y) < 4) {
+        view.pick();
+      }
+    });
     this.canvas.addEventListener('wheel', function (event) {
       if (!view.source) return;
       event.preventDefault();
@@ -272,6 +280,18 @@ window.attReport = window.attReport || {};
     this.drawOverlay();
   };
 
+  /* Hand the pointed cell (a block's largest) to onPick, as query and key token indices. */
+  proto.pick = function () {
+    var best = this.binMax(this.pointer.i, this.pointer.j);
+    if (best) this.onPick(this.source.data.layout.rowStart + best.row, best.key);
+  };
+
+  /* Mark the token a text view shows: `kind` 'query' (the observer's row) or 'key' (the observed view's column). */
+  proto.mark = function (kind, index) {
+    this.marks[kind] = index;
+    if (this.source) this.drawOverlay();
+  };
+
   /* The held rows and keys of bin (i, j): [first, end). */
   proto.binCells = function (i, j) {
     var bins = this.bins, region = this.region;
@@ -353,6 +373,7 @@ window.attReport = window.attReport || {};
     var cellW = bins.width / bins.keys, cellH = bins.height / bins.rows, pointer = this.pointer;
     var labelled = bins.keySize === 1 && bins.rowSize === 1 && Math.min(cellW, cellH) >= LABEL_PX;
     if (labelled) this.drawLabels(context, cellW, cellH); else this.drawTicks(context);
+    this.drawMarks(context, cellW, cellH);
     if (!pointer) return;
     context.strokeStyle = 'rgba(11, 61, 145, 0.75)';
     context.lineWidth = 1;
@@ -365,6 +386,22 @@ window.attReport = window.attReport || {};
     context.stroke();
     context.lineWidth = 2;
     context.strokeRect(x - 1, y - 1, cellW + 2, cellH + 2);
+  };
+
+  /* A line along the row of the observer's token and the column of the observed view's, where they are shown. */
+  proto.drawMarks = function (context, cellW, cellH) {
+    var bins = this.bins, region = this.region, first = this.source.data.layout.rowStart + region.row;
+    var row = this.marks.query - first, key = this.marks.key - region.key;
+    context.fillStyle = 'rgba(232, 163, 61, 0.55)';
+    if (this.marks.query >= 0 && row >= 0 && row < region.rows) {
+      var i = Math.floor(row * bins.rows / region.rows);
+      context.fillRect(MARGIN_LEFT - 6, MARGIN_TOP + i * cellH + cellH / 2 - 1, bins.width + 6, 2);
+    }
+    if (this.marks.key >= 0 && key >= 0 && key < region.keys) {
+      var j = Math.floor(key * bins.keys / region.keys);
+      context.fillRect(MARGIN_LEFT + j * cellW + cellW / 2 - 1, MARGIN_TOP - 6, 2, bins.height + 6);
+    }
+    context.fillStyle = '#5b6470';
   };
 
   /* Every shown token's index and label along both axes, the pointed row's and column's in bold. */

@@ -93,7 +93,7 @@ window.attReport = window.attReport || {};
     this.elements[this.shown].classList.add('att-shown');
     this.elements[this.shown].classList.toggle('att-frozen', this.frozen);
     this.render();
-    if (this.onShow) this.onShow(this);  /* a page that links views (compare.js) follows the shown token */
+    if (this.onShow) this.onShow(this);  /* a page that links views (compare.js, the matrix) follows the shown token */
   };
 
   /* Show no token and no weights, saying why in the status line (a linked view with nothing to show). */
@@ -118,6 +118,18 @@ window.attReport = window.attReport || {};
   /* Move the shown (or frozen) token by `delta` and bring it into sight. */
   proto.move = function (delta) {
     this.show((this.shown < 0 ? 0 : this.shown) + delta);
+    this.reveal();
+  };
+
+  /* Freeze the view on token `index` and bring it into sight. */
+  proto.freezeOn = function (index) {
+    this.frozen = true;
+    this.show(index);
+    this.reveal();
+  };
+
+  /* Bring the shown token into sight. */
+  proto.reveal = function () {
     this.elements[this.shown].scrollIntoView({ block: 'nearest' });
   };
 

@@ -280,3 +280,24 @@ def test_matrix_of_a_split_page_reads_its_own_rows(page: Any, tmp_path: Path) ->
         assert abs(float(readout(page)[2]) - attention[0, query, key]) <= ERROR_BOUND
     page.mouse.move(box["x"] + 20.5 * box["width"] / 24, box["y"] + 0.5 * box["height"] / 8)  # query 8, key 20
     assert page.text_content('[data-status="matrix"]').endswith("none (a later token)")
+
+
+def test_matrix_marks_the_shown_tokens_and_a_click_freezes_the_views_there(long_page: Any, attention: np.ndarray) -> None:
+    canvas, overlay = long_page.locator("[data-matrix]").bounding_box(), long_page.locator("[data-matrix-overlay]").bounding_box()
+    left, top = canvas["x"] - overlay["x"], canvas["y"] - overlay["y"]
+    row_line = (left + 0.95 * canvas["width"], top + (1200 + 0.5) / TOKENS * canvas["height"])
+    assert overlay_alpha(long_page, *row_line) == 0
+    hover(long_page, "observer", 1200)
+    assert overlay_alpha(long_page, *row_line) > 0  # the observer's row, marked across the matrix
+    long_page.click('[data-matrix-zoom="in"]')
+    long_page.click('[data-matrix-zoom="in"]')
+    region, cells = matrix_state(long_page)
+    box = long_page.locator("[data-matrix]").bounding_box()
+    long_page.mouse.click(box["x"] + 0.5 * box["width"], box["y"] + 0.75 * box["height"])
+    query, key, _ = readout(long_page)
+    assert region[0] <= query <= region[1] and region[2] <= key <= region[3]
+    frozen = "els => els.map(e => Number(e.dataset.index))"
+    assert long_page.eval_on_selector_all('[data-view="observer"] .att-frozen', frozen) == [query]
+    assert long_page.eval_on_selector_all('[data-view="observed"] .att-frozen', frozen) == [key]
+    assert np.abs(numbers(weights(long_page, "observer")) - attention[0, query]).max() <= ERROR_BOUND + SLACK
+    assert np.abs(numbers(weights(long_page, "observed")) - attention[0, :, key]).max() <= ERROR_BOUND + SLACK
