@@ -14,11 +14,14 @@ window.attReport = window.attReport || {};
     this.request = 0;
     var page = this;
     data.sections.forEach(function (section) { page.sections[section.key] = section; });
-    this.observer = new ns.TextView(find(root, '[data-view="observer"]'), find(root, '[data-status="observer"]'), data, 'observer');
-    this.observed = new ns.TextView(find(root, '[data-view="observed"]'), find(root, '[data-status="observed"]'), data, 'observed');
-    this.matrix = new ns.MatrixView(find(root, '[data-matrix]'), find(root, '[data-status="matrix"]'), data);
+    this.observer = this.textView('observer');
+    this.observed = this.textView('observed');
+    this.matrix = new ns.MatrixView(find(root, '[data-matrix-panel]'), data);
     this.active = this.observer;
     this.observer.onActivate = this.observed.onActivate = function (view) { page.active = view; };
+    this.observer.onShow = function (view) { page.matrix.mark('query', view.shown); };
+    this.observed.onShow = function (view) { page.matrix.mark('key', view.shown); };
+    this.matrix.onPick = function (query, key) { page.showPair(query, key); };
     this.listen();
   };
 
@@ -27,6 +30,12 @@ window.attReport = window.attReport || {};
   }
 
   var proto = ns.ChunkPage.prototype;
+
+  proto.textView = function (mode) {
+    var root = this.root;
+    return new ns.TextView(find(root, '[data-view="' + mode + '"]'), find(root, '[data-status="' + mode + '"]'), this.data,
+      mode, find(root, '[data-strip="' + mode + '"]'));
+  };
 
   /* The decoded heads of a section, decoded once on first use; its payload element is marked data-decoded. */
   proto.readSection = function (key) {
@@ -100,16 +109,25 @@ window.attReport = window.attReport || {};
   proto.refresh = function () {
     var slot = this.choice.getAttribute('data-slot'), count = this.current.meta.headCount, slots = [];
     if (slot === 'mean') for (var h = 0; h < count; h++) slots.push(h); else slots.push(Number(slot));
-    var options = { rowMax: this.optionOn('row-max'), ignoreSink: this.optionOn('ignore-sink') };
-    var scale = options.rowMax ? 'row' : 'one';
+    var options = { rowMax: this.optionOn('row-max'), ignoreSink: this.optionOn('ignore-sink'), log: this.optionOn('log') };
+    var scale = options.rowMax ? 'row' : 'one', ramp = options.log ? 'log' : 'linear';
     this.root.querySelectorAll('[data-legend-scale]').forEach(function (element) {
       element.hidden = element.getAttribute('data-legend-scale') !== scale;
+    });
+    this.root.querySelectorAll('[data-legend-ramp]').forEach(function (element) {
+      element.hidden = element.getAttribute('data-legend-ramp') !== ramp;
     });
     find(this.root, '[data-legend-sink]').hidden = !options.ignoreSink;
     var source = { data: this.current.data, slots: slots, divisor: ns.QUANT_LEVELS * slots.length, options: options };
     this.observer.setSource(source);
     this.observed.setSource(source);
     this.matrix.setSource(source);
+  };
+
+  /* Freeze the text views on a matrix cell: its query in the observer view, its key in the observed view. */
+  proto.showPair = function (query, key) {
+    this.observer.freezeOn(query);
+    this.observed.freezeOn(key);
   };
 
   /* Step through the head choices of the section, wrapping around. */
@@ -134,14 +152,19 @@ window.attReport = window.attReport || {};
     window.addEventListener('hashchange', function () { page.openFragment(); });
   };
 
+  /* Whether `key` names an own property of `table` (never one inherited, such as 'constructor'). */
+  function owns(table, key) {
+    return key !== null && Object.prototype.hasOwnProperty.call(table, key);
+  }
+
   var KEYS = { ArrowLeft: -1, ArrowRight: 1 };
   var HEAD_KEYS = { ArrowUp: -1, ArrowDown: 1, '[': -1, ']': 1 };
 
   /* ← → move the active view's token; ↑ ↓ [ ] change the head. Form controls keep their own keys. */
   proto.onKey = function (event) {
     if (!this.current || event.altKey || event.ctrlKey || event.metaKey || event.target.closest('input, select, textarea')) return;
-    if (event.key in KEYS) this.active.move(KEYS[event.key]);
-    else if (event.key in HEAD_KEYS) this.stepHead(HEAD_KEYS[event.key]);
+    if (owns(KEYS, event.key)) this.active.move(KEYS[event.key]);
+    else if (owns(HEAD_KEYS, event.key)) this.stepHead(HEAD_KEYS[event.key]);
     else return;
     event.preventDefault();
   };
@@ -156,7 +179,7 @@ window.attReport = window.attReport || {};
   proto.openFragment = function () {
     var params = new URLSearchParams(location.hash.slice(1));
     var key = params.get('section');
-    if (!(key in this.sections)) key = this.current ? this.current.meta.key : this.data.opening;
+    if (!owns(this.sections, key)) key = this.current ? this.current.meta.key : this.data.opening;
     this.showSection(key, params.get('head'));
     if (params.get('section') === key) this.root.scrollIntoView();
   };

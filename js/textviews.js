@@ -21,8 +21,9 @@ window.attReport = window.attReport || {};
     return elements;
   };
 
-  /* One view: `mode` is 'observer' (row of the shown token) or 'observed' (its column). */
-  ns.TextView = function (container, status, text, mode) {
+  /* One view: `mode` is 'observer' (row of the shown token) or 'observed' (its column); `strip`, when given, is
+     the element of its mass strip. */
+  ns.TextView = function (container, status, text, mode, strip) {
     var n = text.tokens.length;
     this.container = container;
     this.status = status;
@@ -39,6 +40,8 @@ window.attReport = window.attReport || {};
     this.pointer = -1;
     this.frozen = false;
     this.source = null;
+    this.strip = strip ? new ns.MassStrip(strip, n) : null;
+    if (this.strip) this.strip.onPick = this.scrollTo.bind(this);
     this.listen();
   };
 
@@ -90,7 +93,7 @@ window.attReport = window.attReport || {};
     this.elements[this.shown].classList.add('att-shown');
     this.elements[this.shown].classList.toggle('att-frozen', this.frozen);
     this.render();
-    if (this.onShow) this.onShow(this);  /* a page that links views (compare.js) follows the shown token */
+    if (this.onShow) this.onShow(this);  /* a page that links views (compare.js, the matrix) follows the shown token */
   };
 
   /* Show no token and no weights, saying why in the status line (a linked view with nothing to show). */
@@ -106,9 +109,27 @@ window.attReport = window.attReport || {};
     this.show(index);
   };
 
+  /* Scroll the view (only the view) so that token `index` is at its top. */
+  proto.scrollTo = function (index) {
+    var box = this.container.getBoundingClientRect(), at = this.elements[index].getBoundingClientRect();
+    this.container.scrollTop += at.top - box.top - this.container.clientTop;
+  };
+
   /* Move the shown (or frozen) token by `delta` and bring it into sight. */
   proto.move = function (delta) {
     this.show((this.shown < 0 ? 0 : this.shown) + delta);
+    this.reveal();
+  };
+
+  /* Freeze the view on token `index` and bring it into sight. */
+  proto.freezeOn = function (index) {
+    this.frozen = true;
+    this.show(index);
+    this.reveal();
+  };
+
+  /* Bring the shown token into sight. */
+  proto.reveal = function () {
     this.elements[this.shown].scrollIntoView({ block: 'nearest' });
   };
 
@@ -118,6 +139,7 @@ window.attReport = window.attReport || {};
     if (has) {
       this.computeLine();
       this.paint(ns.weightTexts(this.source.divisor));
+      if (this.strip) this.strip.show(this.sums, this.source.divisor, this.source.options.log, this.shown);
     } else {
       this.clear();
     }
@@ -131,12 +153,12 @@ window.attReport = window.attReport || {};
     if (this.mode === 'observer') {
       source.data.fillRow(source.slots, shown, this.sums);
       this.bases.fill(ignoreSink ? divisor - this.sums[0] : divisor);
-      ns.colourLevels(this.sums, this.bases, ignoreSink ? 0 : -1, options.rowMax, this.levels);
+      ns.colourLevels(this.sums, this.bases, ignoreSink ? 0 : -1, options.rowMax, this.levels, options.log);
       return;
     }
     source.data.fillColumn(source.slots, shown, this.sums);
     for (var i = 0; i < this.bases.length; i++) this.bases[i] = ignoreSink ? divisor - this.sinkSums[i] : divisor;
-    ns.colourLevels(this.sums, this.bases, -1, options.rowMax, this.levels);
+    ns.colourLevels(this.sums, this.bases, -1, options.rowMax, this.levels, options.log);
     if (ignoreSink && shown === 0) this.levels.fill(-1);
   };
 
@@ -158,6 +180,7 @@ window.attReport = window.attReport || {};
 
   /* Show no weights: the shown token has no row on this page. */
   proto.clear = function () {
+    if (this.strip) this.strip.clear();
     for (var k = 0; k < this.elements.length; k++) {
       if (this.drawnSums[k] !== -1) this.elements[k].removeAttribute('data-weight');
       if (this.drawnLevels[k] !== 0) {

@@ -8,9 +8,11 @@ import zlib
 import numpy as np
 import pytest
 
-from att_report.report.encode import ERROR_BOUND, QUANT_LEVELS, SCHEME_DESCRIPTION, decode_rows, encode_rows
+from att_report.report.encode import (
+    ERROR_BOUND, PREFIX_BOUND, QUANT_LEVELS, SCHEME_DESCRIPTION, SUM_BOUND, decode_rows, encode_rows, quantize,
+)
 from att_report.errors import InternalError
-from synthetic import random_attention
+from synthetic import heavy_tail_attention, random_attention
 
 # float32 holds q / 255 to about 3e-8; the bound itself is exact in float64.
 FLOAT_SLACK = 1e-7
@@ -30,10 +32,11 @@ def kept(matrices: np.ndarray, row_start: int, causal: bool) -> np.ndarray:
 
 
 def test_hand_packed_causal_example() -> None:
-    # One head, rows [1, 0] and [0.5, 0.5]; cells column by column: (0,0)=255, (1,0)=round(127.5)=128, (1,1)=128.
+    # One head, rows [1, 0] and [0.5, 0.5]. Row 1's running sums 127.5, 255 round (half to even) to 128, 255, so its
+    # bytes are 128 and 255 - 128 = 127. Cells column by column: (0,0)=255, (1,0)=128, (1,1)=127.
     # Three cells kept, three non-zero (counts little-endian), no zero cell before any (gaps 0, 0, 0), the bytes.
     payload = encode_rows(np.array([[[1.0, 0.0], [0.5, 0.5]]], dtype=np.float32), 0, causal=True)
-    assert raw_bytes(payload) == bytes([3, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 255, 128, 128])
+    assert raw_bytes(payload) == bytes([3, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 255, 128, 127])
 
 
 def test_hand_packed_square_example_with_zeros() -> None:
@@ -77,7 +80,34 @@ def test_decoded_values_are_bytes_over_255() -> None:
     decoded = decode_rows(encode_rows(matrices, 0, False), 2, 0, 30, 30, False).astype(np.float64)
     steps = decoded * QUANT_LEVELS
     np.testing.assert_allclose(steps, np.round(steps), atol=1e-4)
-    np.testing.assert_array_equal(np.round(steps), np.round(matrices.astype(np.float64) * 255))
+    # error diffusion by hand: byte j = round(255 * sum of w up to j) - round(255 * sum up to j - 1)
+    expected = np.zeros_like(steps)
+    for head in range(2):
+        for row in range(30):
+            carried = 0.0
+            for key in range(30):
+                expected[head, row, key] = round(255 * matrices[head, row, key].astype(np.float64) + carried)
+                carried += 255 * matrices[head, row, key].astype(np.float64) - expected[head, row, key]
+    np.testing.assert_array_equal(np.round(steps), expected)
+
+
+def test_small_weights_keep_their_mass() -> None:
+    # At 600 tokens most weights lie below 1/510, where plain rounding gives 0; error diffusion keeps every prefix
+    # sum of a row within 1/510, so each 64-key block and each row keeps its mass within 1/255.
+    matrices = heavy_tail_attention(np.random.default_rng(4), 2, 600)
+    assert (matrices[:, -1, :] < 1 / 510).mean() > 0.9 and (np.where(matrices < 1 / 510, matrices, 0).sum(-1) > 0.2).any()
+    decoded = decode_rows(encode_rows(matrices, 0, True), 2, 0, 600, 600, True).astype(np.float64)
+    truth = matrices.astype(np.float64)
+    assert np.abs(decoded - truth).max() <= ERROR_BOUND + FLOAT_SLACK
+    assert np.abs(np.cumsum(decoded, -1) - np.cumsum(truth, -1)).max() <= PREFIX_BOUND + 1e-6
+    blocks = np.add.reduceat(decoded - truth, np.arange(0, 600, 64), axis=-1)
+    assert np.abs(blocks).max() <= SUM_BOUND + 1e-6
+    assert np.abs(decoded.sum(-1) - 1).max() <= SUM_BOUND + 1e-6
+
+
+def test_quantize_keeps_zeros_and_bytes_in_range() -> None:
+    rows = np.array([[0.0, 0.25, 0.0, 0.0, 0.75, 0.0], [1.0, 0.0, 0.0, 0.0, 0.0, 0.0]], dtype=np.float32)
+    np.testing.assert_array_equal(quantize(rows), [[0, 64, 0, 0, 191, 0], [255, 0, 0, 0, 0, 0]])
 
 
 def test_edges_zero_and_one_are_exact() -> None:
@@ -140,5 +170,5 @@ def test_sparse_attention_is_compact() -> None:
 
 
 def test_scheme_description_states_the_bound() -> None:
-    assert "1/510" in SCHEME_DESCRIPTION and "round(255" in SCHEME_DESCRIPTION
-    assert ERROR_BOUND == pytest.approx(0.5 / QUANT_LEVELS)
+    assert "1/255" in SCHEME_DESCRIPTION and "error diffusion" in SCHEME_DESCRIPTION
+    assert ERROR_BOUND == SUM_BOUND == pytest.approx(1 / QUANT_LEVELS) and PREFIX_BOUND == pytest.approx(0.5 / QUANT_LEVELS)

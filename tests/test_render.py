@@ -36,7 +36,7 @@ PROMPT = 30
 LAYERS, HEADS, KV_HEADS = 3, 9, 3  # three query heads share each key/value head
 SLACK = 1e-6  # float32 rounding of a mean, and of byte / 255
 SPLIT_TOKENS = 240
-SPLIT_MB = 0.064  # well above one page without attention, well below one head's page at 240 tokens
+SPLIT_MB = 0.09  # well above one page without attention, well below one head's page at 240 tokens
 REPORTS = ["gqa", "bidi", "heads", "layers", "split"]
 
 

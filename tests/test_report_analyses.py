@@ -320,9 +320,9 @@ ATTENTION_WORDS = ("attended", "(the query) gives weight", "the tokens they atte
 
 @pytest.mark.browser
 @pytest.mark.parametrize("name, words, options", [
-    ("rollout.html", "representation after this layer draws on", {"row-max", "ignore-sink"}),
-    ("saliency.html", "share of the gradient of", {"row-max"}),
-    ("layer-00-heads-0-3.html", "how much it attended to", {"row-max", "ignore-sink"}),
+    ("rollout.html", "representation after this layer draws on", {"row-max", "ignore-sink", "log"}),
+    ("saliency.html", "share of the gradient of", {"row-max", "log"}),
+    ("layer-00-heads-0-3.html", "how much it attended to", {"row-max", "ignore-sink", "log"}),
 ])
 def test_each_page_says_what_its_matrices_are(page: Any, llama: tuple[CaptureStore, Path], name: str, words: str,
                                               options: set[str]) -> None:
@@ -345,18 +345,18 @@ def test_single_file_offers_each_section_its_own_options(page: Any, llama: tuple
     store, report = llama
     single = render(store.path, report.parent / "single" / "report.html", att_report.RenderOptions(single_file=True))
     open_report_page(page, single.parent, single.name, "body[data-shown]")
-    assert shown_options(page) == {"row-max", "ignore-sink"}
+    assert shown_options(page) == {"row-max", "ignore-sink", "log"}
     page.check('[data-option="ignore-sink"]')
     hover(page, "observer", store.num_tokens - 1)
     excluded = "els => els.filter(e => e.classList.contains('att-excluded')).map(e => Number(e.dataset.index))"
     assert page.eval_on_selector_all('[data-view="observer"] [data-index]', excluded) == [0]
     show_section(page, "saliency-grad-norm")
-    assert shown_options(page) == {"row-max"} and "share of the gradient of" in page.inner_text("main")
+    assert shown_options(page) == {"row-max", "log"} and "share of the gradient of" in page.inner_text("main")
     hover(page, "observer", store.num_tokens - 2)
     assert page.eval_on_selector_all('[data-view="observer"] [data-index]', excluded) == []
     assert page.is_hidden("[data-legend-sink]")
     show_section(page, f"rollout-L{store.num_layers - 1}")
-    assert shown_options(page) == {"row-max", "ignore-sink"} and page.is_checked('[data-option="ignore-sink"]')
+    assert shown_options(page) == {"row-max", "ignore-sink", "log"} and page.is_checked('[data-option="ignore-sink"]')
     hover(page, "observer", store.num_tokens - 1)
     assert page.eval_on_selector_all('[data-view="observer"] [data-index]', excluded) == [0]
     assert_clean(page)

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from att_report.report.encode import ERROR_BOUND, decode_rows
+from att_report.report.encode import ERROR_BOUND, decode_rows, quantize
 from att_report.report.templating import write_html
 from att_report.report.page_types import HeadLabel
 from att_report.report.viewer import Section, render_chunk_page
@@ -75,10 +75,16 @@ def test_opens_offline_without_errors(chunk: Any) -> None:
 
 
 def test_page_decode_equals_decode_rows(chunk: Any, attention: np.ndarray) -> None:
-    heads = chunk.evaluate("async () => (await attReport.page.readSection('L03-H0-2')).heads.map(h => Array.from(h))")
+    heads, columns = chunk.evaluate("""async () => {
+        const data = await attReport.page.readSection('L03-H0-2'), out = new Int32Array(data.tokens), rows = [], cols = [];
+        for (let h = 0; h < 3; h++) for (let r = 0; r < data.tokens; r++) { data.fillRow([h], r, out); rows.push(...out); }
+        for (let h = 0; h < 3; h++) for (let k = 0; k < data.tokens; k++) { data.fillColumn([h], k, out); cols.push(...out); }
+        return [rows, cols];
+    }""")
     payload = chunk.eval_on_selector("#att-payload-0", "e => e.textContent.trim()")
     expected = np.rint(decode_rows(payload, 3, 0, TOKENS, TOKENS, True).astype(np.float64) * 255)
     np.testing.assert_array_equal(np.array(heads).reshape(3, TOKENS, TOKENS), expected)
+    np.testing.assert_array_equal(np.array(columns).reshape(3, TOKENS, TOKENS).transpose(0, 2, 1), expected)
 
 
 @pytest.mark.parametrize("head", ["0", "2", "mean"])
@@ -160,7 +166,7 @@ def test_scale_options_change_colours_not_weights(chunk: Any, attention: np.ndar
     chunk.check('[data-option="ignore-sink"]')
     assert weights(chunk, "observer") == before
     assert chunk.eval_on_selector('[data-view="observer"] [data-index="0"]', "e => e.classList.contains('att-excluded')")
-    q = np.rint(attention[0, 12].astype(np.float64) * 255)
+    q = quantize(attention[0, 12]).astype(np.float64)  # the bytes the page holds (error diffusion)
     other = int(np.argmax(q[1:])) + 1
     level = math.floor(q[other] / (255 - q[0]) * 64 + 0.5)  # absolute scale of the weight left after the first token
     assert background_red(chunk, other) == math.floor(255 - 159 * level / 64 + 0.5)

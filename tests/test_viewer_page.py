@@ -110,7 +110,10 @@ def test_views_and_head_selector_follow_the_contract(single: Walk) -> None:
     assert [single.text(i) for i, _ in buttons] == ["head 0 · kv 0", "head 1 · kv 0", "head 2 · kv 1", "group mean"]
     assert len(single.find("canvas", data_matrix=None)) == 1
     assert {a["data-export"] for _, a in single.find("button", data_export=None)} == {"png", "svg"}
-    assert {a["data-option"] for _, a in single.find("input", data_option=None)} == {"row-max", "ignore-sink"}
+    assert {a["data-option"] for _, a in single.find("input", data_option=None)} == {"row-max", "ignore-sink", "log"}
+    assert {a["data-strip"] for _, a in single.find(data_strip=None)} == {"observer", "observed"}
+    assert {a["data-matrix-zoom"] for _, a in single.find("button", data_matrix_zoom=None)} == {"in", "out", "whole"}
+    assert len(single.find("canvas", data_matrix_overlay=None)) == 1 and len(single.find(data_matrix_legend=None)) == 1
 
 
 def test_one_json_payload_holds_the_tokens(single: Walk) -> None:
@@ -198,9 +201,10 @@ def test_a_page_opens_at_the_section_asked_for_with_that_sections_words_and_opti
         ("L00-H0-1", True), ("saliency", False)]
     shown = [walk.text(index) for index, a in walk.find("p", data_reading=None) if "hidden" not in a]
     assert len(shown) == 3 and all("log-probability" in line for line in shown)  # observer, observed, matrix help
-    assert [a["data-option"] for _, a in walk.find("input", data_option=None)] == ["row-max", "ignore-sink"]
-    assert [a["data-readings"] for _, a in walk.find("label", data_readings=None)] == ["saliency attention", "attention"]
-    with pytest.raises(UsageError, match="'rollout'"):
+    assert [a["data-option"] for _, a in walk.find("input", data_option=None)] == ["row-max", "ignore-sink", "log"]
+    assert [a["data-readings"] for _, a in walk.find("label", data_readings=None)] == [
+        "saliency attention", "attention", "saliency attention"]
+    with pytest.raises(InternalError, match="'rollout'"):
         chunk_page("both", make_text(tokens_for(12), 12), [attention, saliency], NAVIGATION, opening="rollout")
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 ATTENTION, ROLLOUT, SALIENCY = "attention", "rollout", "saliency"
-ROW_MAX, IGNORE_SINK = "row-max", "ignore-sink"
+ROW_MAX, IGNORE_SINK, LOG = "row-max", "ignore-sink", "log"
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,8 @@ class Control:
     checked: bool
 
 
-CONTROLS = (Control(ROW_MAX, "Row-max scaling", True), Control(IGNORE_SINK, "Ignore first token", False))
+CONTROLS = (Control(ROW_MAX, "Row-max scaling", True), Control(IGNORE_SINK, "Ignore first token", False),
+            Control(LOG, "Log colour", False))
 
 
 @dataclass(frozen=True)
@@ -46,8 +47,10 @@ _WORDS: dict[str, tuple[dict[str, str], tuple[tuple[str, str], ...], tuple[str, 
                                    "to 1."),
          ("Colour", "Row-max scaling colours each weight relative to the largest one shown; without it, 1 is full "
                     "colour. Ignoring the first token (an attention sink takes much of most rows) leaves it uncoloured "
-                    "and scales the rest as shares of the weight left after it. The numbers are never scaled.")),
-        (ROW_MAX, IGNORE_SINK),
+                    "and scales the rest as shares of the weight left after it. "
+                    "Log colour spreads three decades over the ramp, so weights down to a thousandth of the top show, "
+                    "and any smaller one that is not zero gets the palest shade. The numbers are never scaled.")),
+        (ROW_MAX, IGNORE_SINK, LOG),
     ),
     ROLLOUT: (
         {"observer": "Hover a token: how much its representation after this layer draws on each {earlier}input token "
@@ -61,8 +64,9 @@ _WORDS: dict[str, tuple[dict[str, str], tuple[tuple[str, str], ...], tuple[str, 
          ("Colour", "Row-max scaling colours each share relative to the largest one shown; without it, 1 is full "
                     "colour. Through the layers the rollout collects on the first token (the attention sink, carried "
                     "forward); ignoring it leaves it uncoloured and scales the rest as shares of what is left after "
-                    "it. The numbers are never scaled.")),
-        (ROW_MAX, IGNORE_SINK),
+                    "it. Log colour spreads three decades over the ramp, so shares down to a thousandth of the top "
+                    "show, and any smaller one that is not zero gets the palest shade. The numbers are never scaled.")),
+        (ROW_MAX, IGNORE_SINK, LOG),
     ),
     SALIENCY: (
         {"observer": "Hover a completion token: each {earlier}token's share of the gradient of its log-probability "
@@ -75,8 +79,10 @@ _WORDS: dict[str, tuple[dict[str, str], tuple[tuple[str, str], ...], tuple[str, 
                                    "log-probability (the size of the gradient on each earlier token, the row scaled "
                                    "to sum to 1). A first-order sensitivity, not attention."),
          ("Colour", "Row-max scaling colours each share relative to the largest one of the row; without it, 1 is full "
-                    "colour. The numbers are never scaled.")),
-        (ROW_MAX,),
+                    "colour. "
+                    "Log colour spreads three decades over the ramp, so weights down to a thousandth of the top show, "
+                    "and any smaller one that is not zero gets the palest shade. The numbers are never scaled.")),
+        (ROW_MAX, LOG),
     ),
 }
 

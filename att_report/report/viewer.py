@@ -110,7 +110,7 @@ def chunk_page(
     _check_sections(text, sections)
     opened = next((section for section in sections if section.key == (opening or sections[0].key)), None)
     if opened is None:
-        raise UsageError(f"A chunk page was asked to open at section {opening!r}, which it does not hold; pass the key "
+        raise InternalError(f"A chunk page was asked to open at section {opening!r}, which it does not hold; pass the key "
                          f"of one of its sections ({', '.join(section.key for section in sections)}).")
     views = tuple(_section_view(position, section, text) for position, section in enumerate(sections))
     readings = page_readings([opened.reading] + [section.reading for section in sections], text.causal)
