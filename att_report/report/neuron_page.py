@@ -76,7 +76,7 @@ class NeuronPage:
     """Everything templates/neurons.html formats."""
 
     title: str
-    index_href: str
+    index_href: str | None
     notes: tuple[str, ...]
     layers: tuple[LayerChoice, ...]
     legend: tuple[str, str]  # the ends of the diverging scale
@@ -87,8 +87,9 @@ class NeuronPage:
     data: dict[str, Any]
 
 
-def neuron_page(store: CaptureStore, text: TokenText) -> NeuronPage | None:
-    """Build a report's page from the capture's neuron arrays, or None when it has none."""
+def neuron_page(store: CaptureStore, text: TokenText, index_href: str | None = INDEX_NAME) -> NeuronPage | None:
+    """Build a report's page from the capture's neuron arrays, or None when it has none; `index_href` None: the page
+    sits inside a single-file report and links to no index."""
     neurons = store.neurons()
     if neurons is None:
         return None
@@ -102,7 +103,7 @@ def neuron_page(store: CaptureStore, text: TokenText) -> NeuronPage | None:
     ))
     return NeuronPage(
         title=f"Neurons · {store.manifest['model']['name']}",
-        index_href=INDEX_NAME,
+        index_href=index_href,
         notes=((f"Per layer, the {units.shape[1]} hidden units of the layer's output (its residual stream) whose "
                 "activation varies most across the tokens, most varying first. Red is positive, blue negative, each "
                 "unit scaled to its own largest magnitude; the numbers are within 1/254 of that magnitude of the "

@@ -1,0 +1,97 @@
+"""The one size fitter: every page kind (chunk, rollout, saliency, compare) is cut the same way to fit --max-file-mb.
+
+A page's payload budget is the file budget less what the page carries anyway (scripts, styles, tokens, links). What
+a page holds is cut until each piece's encoded payload fits: first halve the heads, then halve the query rows by
+their cells (causal rows grow by one cell each). Heads are also read in groups small enough to hold in memory: a
+page never holds more heads than `memory_groups` allows, whatever the budget.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from att_report.errors import UsageError
+
+MB = 1_000_000
+# Room left in a page's budget for what the fixed-size estimate leaves out: navigation (its list of a split chunk's
+# files is capped, see `plan.PARTS_LINK_BYTES`), notes, titles, head labels.
+PAGE_SLACK = 8_192
+# The float32 cells of the heads read and encoded together: 256 MB. At 8,192 tokens one head is this size already,
+# so a page holds one head (or its row ranges), and render's memory stays about one head's square.
+MEMORY_CELLS = 1 << 26
+
+Encode = Callable[[tuple[int, ...], int, int], tuple[str, ...]]
+
+
+@dataclass(frozen=True)
+class Piece:
+    """What one page holds after fitting: matrix slots, query rows row_start..row_end-1, and the encoded payloads
+    (one per capture shown: one for a report, two for a comparison)."""
+
+    slots: tuple[int, ...]
+    row_start: int
+    row_end: int
+    payloads: tuple[str, ...]
+
+    @property
+    def size(self) -> int:
+        return sum(len(payload) for payload in self.payloads)
+
+
+def payload_budget(max_file_mb: float, fixed: int, what: str, flag: str = "--max-file-mb") -> int:
+    """The payload bytes a page may hold: the file budget less `fixed` (a page without attention) and the slack."""
+    budget = int(max_file_mb * MB)
+    needed = fixed + PAGE_SLACK
+    if needed >= budget:
+        raise UsageError(f"{flag} {max_file_mb:g} is below what every page needs before any attention "
+                         f"({needed / MB:.2f} MB for the scripts and {what}); raise it.")
+    return budget - needed
+
+
+def fit(count: int, num_tokens: int, causal: bool, encode: Encode, budget: int, title: Callable[[int], str],
+        split_rows: bool = True) -> list[Piece]:
+    """Cut `count` matrices over `num_tokens` tokens into pieces whose payloads fit `budget` bytes: halve the slots,
+    then (if allowed) the rows. `title(slot)` names a matrix for the refusal when one row of it cannot fit."""
+    def cut(slots: tuple[int, ...], start: int, end: int) -> Iterator[Piece]:
+        piece = Piece(slots, start, end, encode(slots, start, end))
+        if piece.size <= budget:
+            yield piece
+        elif len(slots) > 1:
+            half = len(slots) // 2
+            yield from cut(slots[:half], start, end)
+            yield from cut(slots[half:], start, end)
+        elif split_rows and end - start > 1:
+            middle = balanced_row_split(start, end, causal)
+            yield from cut(slots, start, middle)
+            yield from cut(slots, middle, end)
+        else:
+            unit = "one query row" if split_rows else "all of"
+            raise UsageError(f"{unit} {title(slots[0])} does not fit --max-file-mb; raise it.")
+
+    return list(cut(tuple(range(count)), 0, num_tokens))
+
+
+def balanced_row_split(start: int, end: int, causal: bool) -> int:
+    """The row that halves the cells of rows start..end-1 (causal rows grow by one cell each)."""
+    if not causal:
+        return (start + end) // 2
+    cells = np.cumsum(np.arange(start, end) + 1)
+    return start + 1 + int(np.searchsorted(cells[:-1], cells[-1] / 2))
+
+
+def memory_groups(heads: tuple[int, ...], num_tokens: int) -> list[tuple[int, ...]]:
+    """Cut a run of heads into groups whose float32 squares together stay within MEMORY_CELLS (at least one head)."""
+    per_group = max(1, MEMORY_CELLS // (num_tokens * num_tokens))
+    return [heads[start:start + per_group] for start in range(0, len(heads), per_group)]
+
+
+def check_page_size(html: str, max_file_mb: float, title: str) -> bytes:
+    """Return the page's bytes, or refuse when its links and notes pushed it over the budget after all."""
+    data = html.encode("utf-8")
+    if len(data) > max_file_mb * MB:
+        raise UsageError(f"{title} splits into so many files that the links between them exceed --max-file-mb "
+                         f"{max_file_mb:g} ({len(data) / MB:.3f} MB); raise it.")
+    return data
