@@ -30,9 +30,10 @@ def write_synthetic_store(
     seed: int = 0,
     dtype: str = "float16",
     neurons: tuple[np.ndarray, np.ndarray] | None = None,
+    saliency: np.ndarray | None = None,
 ) -> list[np.ndarray]:
-    """Write a store for `tokens` with random attention, and `neurons` (units (L, K), values (L, T, K)) as capture
-    writes them when given; return the float32 layers as written."""
+    """Write a store for `tokens` with random attention, and `neurons` (units (L, K), values (L, T, K)) and `saliency`
+    (a (T, T) array stored as both kinds) as capture writes them when given; return the float32 layers as written."""
     rng = np.random.default_rng(seed)
     layers = [random_attention(rng, num_heads, len(tokens), causal) for _ in range(num_layers)]
     completion_length = len(tokens) - prompt_length
@@ -64,5 +65,9 @@ def write_synthetic_store(
                             "units": write_array(staging, "neurons/units.npy", neurons[0].astype(np.int32)),
                             "values": write_array(staging, "neurons/values.npy", neurons[1].astype(np.float32))}}
                if neurons is not None else {}),
+            **({"saliency": {"rows": list(range(prompt_length, len(tokens))), "targets": [],
+                             **{kind: write_array(staging, f"saliency/{kind}.npy", saliency.astype(np.float32))
+                                for kind in ("grad_norm", "grad_x_input")}}}
+               if saliency is not None else {}),
         })
     return layers

@@ -8,7 +8,7 @@ page never holds more heads than `memory_groups` allows, whatever the budget.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,24 +54,27 @@ def payload_budget(max_file_mb: float, fixed: int, what: str, flag: str = "--max
 def fit(count: int, num_tokens: int, causal: bool, encode: Encode, budget: int, title: Callable[[int], str],
         split_rows: bool = True) -> list[Piece]:
     """Cut `count` matrices over `num_tokens` tokens into pieces whose payloads fit `budget` bytes: halve the slots,
-    then (if allowed) the rows. `title(slot)` names a matrix for the refusal when one row of it cannot fit."""
-    def cut(slots: tuple[int, ...], start: int, end: int) -> Iterator[Piece]:
+    then (if allowed) the rows. `title(slot)` names a matrix for the refusal when one row of it cannot fit.
+
+    Iterative, not a recursive closure: a closure that calls itself is a reference cycle, which would keep the
+    caller's matrices alive until the garbage collector happens to run."""
+    pieces: list[Piece] = []
+    pending = [(tuple(range(count)), 0, num_tokens)]
+    while pending:
+        slots, start, end = pending.pop()
         piece = Piece(slots, start, end, encode(slots, start, end))
         if piece.size <= budget:
-            yield piece
+            pieces.append(piece)
         elif len(slots) > 1:
             half = len(slots) // 2
-            yield from cut(slots[:half], start, end)
-            yield from cut(slots[half:], start, end)
+            pending += [(slots[half:], start, end), (slots[:half], start, end)]
         elif split_rows and end - start > 1:
             middle = balanced_row_split(start, end, causal)
-            yield from cut(slots, start, middle)
-            yield from cut(slots, middle, end)
+            pending += [(slots, middle, end), (slots, start, middle)]
         else:
-            unit = "one query row" if split_rows else "all of"
+            unit = "one query row of" if split_rows else "all of"
             raise UsageError(f"{unit} {title(slots[0])} does not fit --max-file-mb; raise it.")
-
-    return list(cut(tuple(range(count)), 0, num_tokens))
+    return pieces
 
 
 def balanced_row_split(start: int, end: int, causal: bool) -> int:
