@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from synthetic import write_synthetic_store
-from test_render import assemble, body, decoded_sections, index_pages, page_data, render_cli, walk, within_budget
+from test_render import assemble, body, page_data, render_cli, walk, within_budget
 from test_viewer_page import tokens_for
 
 import att_report
@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TOKENS = 480
 COMPLETION = 60
 LAYERS, HEADS = 3, 4
-UNITS = 6
+UNITS = 40  # enough that all layers' neurons exceed one page of the small budget
 BUDGET_MB = 0.08  # above a page without attention (and the index's parts), below one head's page or rollout layer
 
 
@@ -61,6 +61,22 @@ def test_every_page_kind_stays_under_a_small_budget(small: Path) -> None:
     rows_split = [name for name in names if "-rows-" in name]
     assert any(name.startswith("layer-") for name in rows_split), "no head was cut into ranges of rows"
     assert any(name.startswith("rollout-") for name in rows_split), "no rollout layer was cut into ranges of rows"
+    assert "neurons.html" not in names, "the neurons of all layers did not need more than one page"
+
+
+def test_neuron_pages_hold_every_layer_once_named_by_their_layers(small: Path, store_path: Path) -> None:
+    values = att_report.load(store_path).neurons()[1]
+    shown = []
+    for path in sorted(small.glob("neurons-layers-*.html")):
+        first, last = (int(n) for n in re.fullmatch(r"neurons-layers-(\d+)-(\d+)\.html", path.name).groups())
+        page = walk(path)
+        options = [page.text(i) for i, _ in page.find("option", value=None)]
+        assert options == [f"layer {layer}" for layer in range(first, last + 1)]
+        data = json.loads(page.text(page.find("script", id="att-data")[0][0]))
+        scales = np.array(data["scales"])[:, 0]  # per layer and unit: the largest |value| the page scales by
+        assert np.allclose(scales, np.abs(values[first:last + 1]).max(axis=1), rtol=1e-6)
+        shown += range(first, last + 1)
+    assert shown == list(range(LAYERS))
 
 
 def test_every_file_is_named_by_what_it_holds(small: Path) -> None:

@@ -139,6 +139,6 @@ class AnalysisSeries:
             Link(f"← {previous.label}", previous.href) if previous else None,
             Link(f"{following[0].title} →", after) if following and after else None)
         page = chunk_page(f"{self.title}: {label}", self.text, sections, navigation, [self.note])
-        data = check_page_size(render_template("chunk.html", page=page), self.max_file_mb, self.title)
+        data = check_page_size(render_template("chunk.html", page=page), self.max_file_mb, f"the page {name}")
         (self.directory / name).write_bytes(data)
         self.written.append(Link(label, name))

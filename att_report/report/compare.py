@@ -13,7 +13,6 @@ captures is read once; that pass also gives the divergence ranking.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -41,7 +40,7 @@ from att_report.report.neuron_page import comparison_neuron_page
 from att_report.report.page_types import HeadLabel, Link, Navigation
 from att_report.report.plan import FileGrid, Part, chunk_part
 from att_report.report.render import DEFAULT_MAX_FILE_MB, check_report_target, is_report, token_text
-from att_report.report.templating import render_template, write_html
+from att_report.report.templating import render_template
 from att_report.report.viewer import Section, SectionView, chunk_page
 from att_report.store import CaptureStore, load
 
@@ -202,10 +201,11 @@ def write_comparison(comparison: Comparison, directory: Path, budget: int, max_f
             _write_row(comparison, files, row - 1, pending, directory, max_file_mb)
         pending = fitted
     _write_row(comparison, files, len(files.rows) - 1, pending, directory, max_file_mb)
-    neurons = write_neuron_page(comparison, directory)
+    neurons = write_neuron_page(comparison, directory, max_file_mb)
     divergence = HeadDivergence(values=values, rows_compared=len(rows))
     index = compare_index(comparison, files, divergence, neurons)
-    write_html(directory / INDEX_NAME, render_template("compare_index.html", index=index))
+    html = render_template("compare_index.html", index=index)
+    (directory / INDEX_NAME).write_bytes(check_page_size(html, max_file_mb, "the comparison's index"))
 
 
 def _fit_pages(comparison: Comparison, chunk: Chunk, heads: tuple[int, ...],
@@ -225,7 +225,8 @@ def _write_row(comparison: Comparison, files: FileGrid, row: int, pages: list[Fi
                max_file_mb: float) -> None:
     for page in pages:
         html = render_template("compare.html", page=compare_page(comparison, page, files.navigation(row, page.part)))
-        (directory / page.part.name).write_bytes(check_page_size(html, max_file_mb, page.part.chunk.title))
+        what = f"the page {page.part.name} with its links"
+        (directory / page.part.name).write_bytes(check_page_size(html, max_file_mb, what))
 
 
 def _fixed_page_bytes(comparison: Comparison) -> int:
@@ -238,7 +239,7 @@ def _fixed_page_bytes(comparison: Comparison) -> int:
     return len(render_template("compare.html", page=page).encode("utf-8"))
 
 
-def write_neuron_page(comparison: Comparison, directory: Path) -> IndexNeurons | None:
+def write_neuron_page(comparison: Comparison, directory: Path, max_file_mb: float) -> IndexNeurons | None:
     """Write the neurons page when both captures stored neurons and some tokens align; else say why, where one did."""
     numbers = neuron_differences(comparison.a, comparison.b, comparison.alignment)
     if numbers is None:
@@ -246,8 +247,8 @@ def write_neuron_page(comparison: Comparison, directory: Path) -> IndexNeurons |
     if not len(numbers.pairs):
         return IndexNeurons(None, "Both captures stored neurons, but no tokens align, so there is nothing to compare.")
     title = f"Neurons · {comparison.a.path.name} vs {comparison.b.path.name}"
-    write_html(directory / NEURON_PAGE, render_template("neurons.html", page=comparison_neuron_page(
-        numbers, comparison.stores, title)))
+    html = render_template("neurons.html", page=comparison_neuron_page(numbers, comparison.stores, title))
+    (directory / NEURON_PAGE).write_bytes(check_page_size(html, max_file_mb, "the neurons comparison"))
     shared = sum(len(layer.units) for layer in numbers.layers)
     return IndexNeurons(NEURON_PAGE, f"How each unit both captures stored differs (B − A) at the aligned tokens: "
                                      f"{shared} shared units over {len(numbers.layers)} layers.")

@@ -91,10 +91,10 @@ def memory_groups(heads: tuple[int, ...], num_tokens: int) -> list[tuple[int, ..
     return [heads[start:start + per_group] for start in range(0, len(heads), per_group)]
 
 
-def check_page_size(html: str, max_file_mb: float, title: str) -> bytes:
-    """Return the page's bytes, or refuse when its links and notes pushed it over the budget after all."""
+def check_page_size(html: str, max_file_mb: float, what: str) -> bytes:
+    """Return a page's bytes, or refuse when it exceeds the budget after all (what it holds besides attention, such as
+    the links between many parts, outgrew the slack; or a page that cannot be cut, like the index's text)."""
     data = html.encode("utf-8")
     if len(data) > max_file_mb * MB:
-        raise UsageError(f"{title} splits into so many files that the links between them exceed --max-file-mb "
-                         f"{max_file_mb:g} ({len(data) / MB:.3f} MB); raise it.")
+        raise UsageError(f"{what} needs {len(data) / MB:.3f} MB, more than --max-file-mb {max_file_mb:g}; raise it.")
     return data

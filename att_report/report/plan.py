@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from att_report.report.chunks import INDEX_NAME, Chunk, heads_title, span
-from att_report.report.page_types import Link, MEAN, Navigation
+from att_report.report.page_types import Link, Navigation
 
 # Rollout multiplies T x T matrices through every layer (about 2 T^3 flops a layer): 0.5 TFLOP for 30 layers at 2,048
 # tokens, 33 TFLOP at 8,192. Up to this length it is computed in full; beyond, the report says it was left out.

@@ -29,7 +29,7 @@ from att_report.report.analysis_pages import (
 )
 from att_report.report.chunks import INDEX_NAME, Chunk, HeadNaming, head_labels, plan_chunks, row_label
 from att_report.report.encode import encode_rows
-from att_report.report.fitting import MB, check_page_size, fit, memory_groups, payload_budget
+from att_report.report.fitting import MB, PAGE_SLACK, check_page_size, fit, memory_groups, payload_budget
 from att_report.report.index_page import INDEX_PARTS, PART_PAGES, ChunkLinks, IndexPage, index_page
 from att_report.report.layer_pass import LayerPass
 from att_report.report.neuron_page import PAGE_NAME as NEURON_PAGE
@@ -115,12 +115,32 @@ def write_report(store: CaptureStore, directory: Path, options: RenderOptions) -
         saliency.add(section)
     if saliency.has_sections:
         analyses.append(saliency.close())
-    neurons = neuron_page(store, text)
+    neurons = write_neuron_pages(store, text, directory, options.max_file_mb)
     if neurons is not None:
-        html = render_template("neurons.html", page=neurons)
-        (directory / NEURON_PAGE).write_bytes(check_page_size(html, options.max_file_mb, "The neurons page"))
-        analyses.append(AnalysisFiles("Neuron activations", (Link("open", NEURON_PAGE),)))
+        analyses.append(neurons)
     write_index(_index(store, grid, files, reader, analyses), directory, options.max_file_mb)
+
+
+def write_neuron_pages(store: CaptureStore, text: TokenText, directory: Path, max_file_mb: float
+                       ) -> AnalysisFiles | None:
+    """Write the neurons page, or, where it would exceed the budget, pages of fewer layers each (named by their
+    layers); None when the capture has no neurons."""
+    neurons = store.neurons()
+    if neurons is None:
+        return None
+    layers = len(neurons[0])
+
+    def page(slots: tuple[int, ...], start: int, end: int) -> tuple[str, ...]:
+        return (render_template("neurons.html", page=neuron_page(store, text, layers=slots)),)
+
+    budget = int(max_file_mb * MB) - PAGE_SLACK  # the pages are measured whole; the slack covers non-ASCII bytes
+    pieces = fit(layers, 1, store.causal, page, budget, lambda slot: f"the neurons of layer {slot}", split_rows=False)
+    files = []
+    for piece in pieces:
+        name = NEURON_PAGE if len(pieces) == 1 else f"neurons-layers-{piece.slots[0]}-{piece.slots[-1]}.html"
+        (directory / name).write_bytes(check_page_size(piece.payloads[0], max_file_mb, "the neurons page"))
+        files.append(Link("open" if len(pieces) == 1 else f"layers {piece.slots[0]}–{piece.slots[-1]}", name))
+    return AnalysisFiles("Neuron activations", tuple(files))
 
 
 def write_index(index: IndexPage, directory: Path, max_file_mb: float) -> None:
@@ -134,18 +154,11 @@ def write_index(index: IndexPage, directory: Path, max_file_mb: float) -> None:
         if len(html.encode("utf-8")) <= max_file_mb * MB or len(moved) == len(INDEX_PARTS):
             break
         moved.append(INDEX_PARTS[len(moved)])
-    (directory / INDEX_NAME).write_bytes(_fitted(html, max_file_mb, "the index"))
+    (directory / INDEX_NAME).write_bytes(check_page_size(html, max_file_mb, "the index"))
     for part in moved:
         title, name = PART_PAGES[part]
         html = render_template("index_part.html", index=index, part=part, title=title)
-        (directory / name).write_bytes(_fitted(html, max_file_mb, f"the index's {title.lower()}"))
-
-
-def _fitted(html: str, max_file_mb: float, what: str) -> bytes:
-    data = html.encode("utf-8")
-    if len(data) > max_file_mb * MB:
-        raise UsageError(f"{what} needs {len(data) / MB:.3f} MB, more than --max-file-mb {max_file_mb:g}; raise it.")
-    return data
+        (directory / name).write_bytes(check_page_size(html, max_file_mb, f"the index's {title.lower()} page"))
 
 
 def report_pass(store: CaptureStore, aggregate: str) -> LayerPass:
@@ -195,7 +208,8 @@ def write_chunk_row(store: CaptureStore, files: FileGrid, row: int, fitted: list
     """Write the files of one row of the grid, now that the rows around it are known."""
     for file in fitted:
         html = part_html(store, file, files.navigation(row, file.part), text)
-        (directory / file.part.name).write_bytes(check_page_size(html, max_file_mb, file.part.chunk.title))
+        what = f"the page {file.part.name} with its links"
+        (directory / file.part.name).write_bytes(check_page_size(html, max_file_mb, what))
 
 
 def part_section(store: CaptureStore, file: FittedPart) -> Section:
