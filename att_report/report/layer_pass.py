@@ -42,8 +42,17 @@ class LayerPass:
         return square
 
     def read_heads(self, layer: int, heads: tuple[int, ...]) -> np.ndarray:
-        """Read a group of heads (one at a time) as (heads, T, T)."""
-        return np.concatenate([self.read(layer, head) for head in heads])
+        """Read a group of heads (one at a time) into one (heads, T, T) array, never holding a head twice but while
+        it is copied in."""
+        first = self.read(layer, heads[0])
+        if len(heads) == 1:
+            return first
+        group = np.empty((len(heads),) + first.shape[1:], dtype=np.float32)
+        group[0] = first[0]
+        del first
+        for slot, head in enumerate(heads[1:], 1):
+            group[slot] = self.read(layer, head)[0]
+        return group
 
     def finish_layer(self) -> np.ndarray | None:
         """Close the layer: return its (T, T) head mean (when kept), add it to the total and the rollout."""

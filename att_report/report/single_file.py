@@ -82,8 +82,9 @@ def render_single_file(store: CaptureStore, output: Path, options: RenderOptions
             files.rows.append([file.part for file in fitted])
             add([part_section(store, file) for file in fitted], done)
         if reader.rollout_so_far is not None:
-            rollout += fitted_sections(rollout_section(layer, reader.rollout_so_far), store.causal, budget)
-            add(rollout[-1:], done)
+            pieces = fitted_sections(rollout_section(layer, reader.rollout_so_far), store.causal, budget)
+            rollout += pieces
+            add(pieces, done)
     if grid[0][0].layer == MEAN:
         fitted = fit_chunk(grid[0][0], reader.overall_mean()[np.newaxis], None, store, budget)
         files.rows.append([file.part for file in fitted])
