@@ -73,16 +73,24 @@ def first_difference(tokens_a: list[str], tokens_b: list[str]) -> int:
     return next((position for position, equal in enumerate(same) if not equal), min(len(tokens_a), len(tokens_b)))
 
 
+def from_first_difference(store_a: CaptureStore, store_b: CaptureStore) -> bool:
+    """Whether only the rows from the first difference on can differ: one causal model (same name, revision and
+    dtype) sees the same tokens before that point in both captures, so it attends to them the same way there."""
+    same_model = all(store_a.manifest["model"].get(key) == store_b.manifest["model"].get(key)
+                     for key in ("name", "revision", "dtype"))
+    return same_model and store_a.causal and store_b.causal
+
+
 def divergence_rows(alignment: TokenAlignment, store_a: CaptureStore, store_b: CaptureStore
                     ) -> tuple[np.ndarray, np.ndarray]:
     """The aligned prompt pairs whose attention can differ (the query rows), and all aligned prompt pairs (the keys).
 
-    In a causal model a token before the first difference sees the same tokens in both captures, so its attention
-    cannot differ; only the rows from the first difference on are compared. In a bidirectional model every row can."""
+    For one causal model, the rows from the first difference of the two texts on (see `from_first_difference`);
+    for a bidirectional model or two models, every aligned prompt row."""
     keys = prompt_pairs(alignment, store_a.prompt_length, store_b.prompt_length)
     if len(keys) < 2:
         return keys[:0], keys
-    if not (store_a.causal and store_b.causal):
+    if not from_first_difference(store_a, store_b):
         return keys, keys
     start = first_difference(store_a.tokens, store_b.tokens)
     return keys[(keys[:, 0] >= start) & (keys[:, 1] >= start)], keys

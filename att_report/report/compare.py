@@ -25,6 +25,7 @@ from att_report.analysis.alignment import (
     align_tokens,
     check_comparable,
     divergence_rows,
+    from_first_difference,
     head_js,
     prompt_pairs,
 )
@@ -324,7 +325,7 @@ def compare_index(comparison: Comparison, files: FileGrid, divergence: HeadDiver
         sides=tuple(_index_side(key, store, partner)
                     for key, store, partner in zip(SIDES, comparison.stores, comparison.alignment.partner_maps())),
         alignment=_alignment_lines(comparison, divergence),
-        divergence_help=_divergence_rule(a.causal),
+        divergence_help=_divergence_rule(from_first_difference(a, comparison.b)),
         pages_help=SCHEME_DESCRIPTION,
         ranking=tuple(sorted(scores.values(), key=lambda score: score.rank)),
         head_labels=tuple(naming.label(head) for head in range(a.num_heads)),
@@ -335,11 +336,11 @@ def compare_index(comparison: Comparison, files: FileGrid, divergence: HeadDiver
     )
 
 
-def _divergence_rule(causal: bool) -> str:
+def _divergence_rule(first_difference_on: bool) -> str:
     """State the ranking's rule on the page."""
-    rows = ("from the first token where the two texts differ on (in a causal model every token before it sees the "
-            "same tokens, so its attention cannot differ and would only dilute the mean)" if causal else
-            "all of them (every token of a bidirectional model sees the difference)")
+    rows = ("from the first token where the two texts differ on (one causal model sees the same tokens before it in "
+            "both captures, so its attention there cannot differ and would only dilute the mean)" if first_difference_on
+            else "all of them (two models, or a bidirectional model, can attend differently at every token)")
     return ("Each head's Jensen–Shannon divergence in bits (0: the same, 1: nothing in common) between the two "
             "captures' attention of an aligned prompt token over the aligned prompt tokens (renormalized), averaged "
             f"over the aligned prompt tokens {rows}, and computed from the captured weights. Colours are relative to "
