@@ -40,8 +40,8 @@ def store_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     saliency = np.tril(rng.random((TOKENS, TOKENS)))
     saliency[: TOKENS - COMPLETION] = 0  # rows without a value: the prompt
     neurons = (np.tile(np.arange(UNITS), (LAYERS, 1)), rng.normal(size=(LAYERS, TOKENS, UNITS)))
-    write_synthetic_store(path, tokens_for(TOKENS), TOKENS - COMPLETION, LAYERS, HEADS, causal=True, seed=4, dtype="float32",
-                          neurons=neurons, saliency=saliency)
+    write_synthetic_store(path, tokens_for(TOKENS), TOKENS - COMPLETION, LAYERS, HEADS, causal=True, seed=4,
+                          dtype="float32", neurons=neurons, saliency=saliency)
     return path
 
 

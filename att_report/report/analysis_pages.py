@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from att_report.report.chunks import INDEX_NAME
-from att_report.report.fitting import check_page_size, fit
+from att_report.report.fitting import fit, write_page
 from att_report.report.encode import encode_rows
 from att_report.report.page_types import HeadLabel, Link, MEAN, Navigation, TokenText
 from att_report.report.plan import ROLLOUT_MAX_TOKENS, AnalysisFiles, analysis_name
@@ -126,8 +126,8 @@ class AnalysisSeries:
         self._finished, self._open = self._open, []
 
     def _name(self, sections: list[Section], only: bool) -> str:
-        return analysis_name(self.stem, tuple(section.key.removeprefix(f"{self.stem}-") for section in (
-            sections[0], sections[-1])) if len(sections) > 1 else (sections[0].key.removeprefix(f"{self.stem}-"),), only)
+        ends = (sections[0], sections[-1]) if len(sections) > 1 else (sections[0],)
+        return analysis_name(self.stem, tuple(section.key.removeprefix(f"{self.stem}-") for section in ends), only)
 
     def _write(self, sections: list[Section], following: list[Section] | None, only: bool) -> None:
         name = self._name(sections, only)
@@ -139,6 +139,6 @@ class AnalysisSeries:
             Link(f"← {previous.label}", previous.href) if previous else None,
             Link(f"{following[0].title} →", after) if following and after else None)
         page = chunk_page(f"{self.title}: {label}", self.text, sections, navigation, [self.note])
-        data = check_page_size(render_template("chunk.html", page=page), self.max_file_mb, f"the page {name}")
-        (self.directory / name).write_bytes(data)
+        html = render_template("chunk.html", page=page)
+        write_page(self.directory / name, html, self.max_file_mb, f"the page {name}")
         self.written.append(Link(label, name))

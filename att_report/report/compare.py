@@ -34,7 +34,7 @@ from att_report.atomic import staged_directory
 from att_report.errors import UsageError
 from att_report.report.chunks import INDEX_NAME, Chunk, HeadNaming, plan_chunks, row_label
 from att_report.report.encode import SCHEME_DESCRIPTION, encode_rows
-from att_report.report.fitting import check_page_size, fit, memory_groups, payload_budget
+from att_report.report.fitting import fit, memory_groups, payload_budget, write_page
 from att_report.report.index_page import ChunkLinks, TextToken, index_facts, index_text
 from att_report.report.neuron_page import PAGE_NAME as NEURON_PAGE
 from att_report.report.neuron_page import comparison_neuron_page
@@ -206,7 +206,7 @@ def write_comparison(comparison: Comparison, directory: Path, budget: int, max_f
     divergence = HeadDivergence(values=values, rows_compared=len(rows))
     index = compare_index(comparison, files, divergence, neurons)
     html = render_template("compare_index.html", index=index)
-    (directory / INDEX_NAME).write_bytes(check_page_size(html, max_file_mb, "the comparison's index"))
+    write_page(directory / INDEX_NAME, html, max_file_mb, "the comparison's index")
 
 
 def _fit_pages(comparison: Comparison, chunk: Chunk, heads: tuple[int, ...],
@@ -218,7 +218,7 @@ def _fit_pages(comparison: Comparison, chunk: Chunk, heads: tuple[int, ...],
 
     pieces = fit(len(heads), 1, comparison.a.causal, encode, budget,
                  lambda slot: f"layer {chunk.layer} · head {heads[slot]} of the two captures", split_rows=False)
-    return [FittedPage(chunk_part(chunk, tuple(heads[slot] for slot in piece.slots), 0, 1, 1),
+    return [FittedPage(chunk_part(chunk, tuple(heads[slot] for slot in piece.slots)),
                        (piece.payloads[0], piece.payloads[1])) for piece in pieces]
 
 
@@ -227,13 +227,13 @@ def _write_row(comparison: Comparison, files: FileGrid, row: int, pages: list[Fi
     for page in pages:
         html = render_template("compare.html", page=compare_page(comparison, page, files.navigation(row, page.part)))
         what = f"the page {page.part.name} with its links"
-        (directory / page.part.name).write_bytes(check_page_size(html, max_file_mb, what))
+        write_page(directory / page.part.name, html, max_file_mb, what)
 
 
 def _fixed_page_bytes(comparison: Comparison) -> int:
     """The size of a compare page of one head without attention: scripts, styles and both captures' tokens."""
     chunk = plan_chunks([0], [0], "none")[0][0]
-    part = chunk_part(chunk, (0,), 0, 1, 1)
+    part = chunk_part(chunk, (0,))
     empty = tuple(encode_rows(np.zeros((1, store.num_tokens, store.num_tokens), np.float32), 0, store.causal)
                   for store in comparison.stores)
     page = compare_page(comparison, FittedPage(part, (empty[0], empty[1])), FileGrid([[part]]).navigation(0, part))
@@ -249,7 +249,7 @@ def write_neuron_page(comparison: Comparison, directory: Path, max_file_mb: floa
         return IndexNeurons(None, "Both captures stored neurons, but no tokens align, so there is nothing to compare.")
     title = f"Neurons · {comparison.a.path.name} vs {comparison.b.path.name}"
     html = render_template("neurons.html", page=comparison_neuron_page(numbers, comparison.stores, title))
-    (directory / NEURON_PAGE).write_bytes(check_page_size(html, max_file_mb, "the neurons comparison"))
+    write_page(directory / NEURON_PAGE, html, max_file_mb, "the neurons comparison")
     shared = sum(len(layer.units) for layer in numbers.layers)
     return IndexNeurons(NEURON_PAGE, f"How each unit both captures stored differs (B − A) at the aligned tokens: "
                                      f"{shared} shared units over {len(numbers.layers)} layers.")
@@ -273,7 +273,8 @@ def compare_page(comparison: Comparison, fitted: FittedPage, nav: Navigation) ->
     labels = tuple(HeadLabel(head, naming.label(head)) for head in heads)
     key = part.name.removesuffix(".html")
     pages = [chunk_page(part.title, token_text(store), [Section(
-        key, part.title, part.chunk.layer, labels, np.broadcast_to(np.float32(0), (len(heads),) + (store.num_tokens,) * 2),
+        key, part.title, part.chunk.layer, labels,
+        np.broadcast_to(np.float32(0), (len(heads), store.num_tokens, store.num_tokens)),  # the payload holds them
         0, payload)], nav) for store, payload in zip(comparison.stores, fitted.payloads)]
     sides = tuple(SideView(side, _side_heading(side, store), f"att-payload-{side}", page.first.payload)
                   for side, store, page in zip(SIDES, comparison.stores, pages))

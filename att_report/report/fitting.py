@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from att_report.errors import UsageError
+from att_report.report.templating import write_html
 
 MB = 1_000_000
 # Room left in a page's budget for what the fixed-size estimate leaves out: navigation (its list of a split chunk's
@@ -91,10 +93,10 @@ def memory_groups(heads: tuple[int, ...], num_tokens: int) -> list[tuple[int, ..
     return [heads[start:start + per_group] for start in range(0, len(heads), per_group)]
 
 
-def check_page_size(html: str, max_file_mb: float, what: str) -> bytes:
-    """Return a page's bytes, or refuse when it exceeds the budget after all (what it holds besides attention, such as
-    the links between many parts, outgrew the slack; or a page that cannot be cut, like the index's text)."""
-    data = html.encode("utf-8")
-    if len(data) > max_file_mb * MB:
-        raise UsageError(f"{what} needs {len(data) / MB:.3f} MB, more than --max-file-mb {max_file_mb:g}; raise it.")
-    return data
+def write_page(path: Path, html: str, max_file_mb: float, what: str) -> None:
+    """Write a page, or refuse when it exceeds the budget after all (what it holds besides attention, such as the
+    links between many parts, outgrew the slack; or a page that cannot be cut, like the index's text)."""
+    size = len(html.encode("utf-8"))
+    if size > max_file_mb * MB:
+        raise UsageError(f"{what} needs {size / MB:.3f} MB, more than --max-file-mb {max_file_mb:g}; raise it.")
+    write_html(path, html)

@@ -25,34 +25,37 @@ PARTS_LINK_BYTES = 3_000
 
 @dataclass(frozen=True)
 class Part:
-    """One file of a chunk: the heads it holds (None: the chunk's mean) and its query rows row_start..row_end-1."""
+    """One file of a chunk: the heads it holds (None: the chunk's mean) and its query rows (None: every row; else
+    start..end-1)."""
 
     chunk: Chunk
     heads: tuple[int, ...] | None
-    row_start: int
-    row_end: int
+    rows: tuple[int, int] | None
     name: str
     title: str
+
+    @property
+    def row_start(self) -> int:
+        return 0 if self.rows is None else self.rows[0]
 
     def holds(self, head: int) -> bool:
         return self.heads is None or head in self.heads
 
 
-def chunk_part(chunk: Chunk, heads: tuple[int, ...] | None, row_start: int, row_end: int, num_tokens: int) -> Part:
-    """Name and title one file of `chunk` by what it holds: its layer, its heads, and its rows unless it has them all."""
-    whole_rows = (row_start, row_end) == (0, num_tokens)
+def chunk_part(chunk: Chunk, heads: tuple[int, ...] | None, rows: tuple[int, int] | None = None) -> Part:
+    """Name and title one file of `chunk` by what it holds: its layer, its heads, its rows unless it has them all."""
     stem, title = chunk.stem, chunk.title
     if heads is not None:
         stem += f"-heads-{span(heads, '-')}"
         title = f"Layer {chunk.layer} · {heads_title(heads)}"
-    if not whole_rows:
-        stem += f"-rows-{row_start}-{row_end - 1}"
-        title += f" · query rows {row_start}–{row_end - 1}"
-    return Part(chunk, heads, row_start, row_end, f"{stem}.html", title)
+    if rows is not None:
+        stem += f"-rows-{rows[0]}-{rows[1] - 1}"
+        title += f" · query rows {rows[0]}–{rows[1] - 1}"
+    return Part(chunk, heads, rows, f"{stem}.html", title)
 
 
 def analysis_name(stem: str, labels: tuple[str, ...], only: bool) -> str:
-    """Name an analysis file by the sections it holds ('rollout-layers-0-7.html'), or plainly when it is the only one."""
+    """Name an analysis file by the sections it holds ('rollout-L0-to-L7.html'), or plainly when it is the only one."""
     if only:
         return f"{stem}.html"
     return f"{stem}-{labels[0]}.html" if len(labels) == 1 else f"{stem}-{labels[0]}-to-{labels[-1]}.html"

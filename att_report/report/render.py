@@ -29,7 +29,7 @@ from att_report.report.analysis_pages import (
 )
 from att_report.report.chunks import INDEX_NAME, Chunk, HeadNaming, head_labels, plan_chunks, row_label
 from att_report.report.encode import encode_rows
-from att_report.report.fitting import MB, PAGE_SLACK, check_page_size, fit, memory_groups, payload_budget
+from att_report.report.fitting import MB, PAGE_SLACK, fit, memory_groups, payload_budget, write_page
 from att_report.report.index_page import INDEX_PARTS, PART_PAGES, ChunkLinks, IndexPage, index_page
 from att_report.report.layer_pass import LayerPass
 from att_report.report.neuron_page import PAGE_NAME as NEURON_PAGE
@@ -138,7 +138,7 @@ def write_neuron_pages(store: CaptureStore, text: TokenText, directory: Path, ma
     files = []
     for piece in pieces:
         name = NEURON_PAGE if len(pieces) == 1 else f"neurons-layers-{piece.slots[0]}-{piece.slots[-1]}.html"
-        (directory / name).write_bytes(check_page_size(piece.payloads[0], max_file_mb, "the neurons page"))
+        write_page(directory / name, piece.payloads[0], max_file_mb, "the neurons page")
         files.append(Link("open" if len(pieces) == 1 else f"layers {piece.slots[0]}–{piece.slots[-1]}", name))
     return AnalysisFiles("Neuron activations", tuple(files))
 
@@ -154,11 +154,11 @@ def write_index(index: IndexPage, directory: Path, max_file_mb: float) -> None:
         if len(html.encode("utf-8")) <= max_file_mb * MB or len(moved) == len(INDEX_PARTS):
             break
         moved.append(INDEX_PARTS[len(moved)])
-    (directory / INDEX_NAME).write_bytes(check_page_size(html, max_file_mb, "the index"))
+    write_page(directory / INDEX_NAME, html, max_file_mb, "the index")
     for part in moved:
         title, name = PART_PAGES[part]
         html = render_template("index_part.html", index=index, part=part, title=title)
-        (directory / name).write_bytes(check_page_size(html, max_file_mb, f"the index's {title.lower()} page"))
+        write_page(directory / name, html, max_file_mb, f"the index's {title.lower()} page")
 
 
 def report_pass(store: CaptureStore, aggregate: str) -> LayerPass:
@@ -199,7 +199,8 @@ def fit_chunk(chunk: Chunk, squares: np.ndarray, heads: tuple[int, ...] | None, 
     pieces = fit(len(squares), num_tokens, causal, encode, budget,
                  lambda slot: chunk.title if heads is None else f"layer {chunk.layer} · head {heads[slot]}")
     return [FittedPart(chunk_part(chunk, None if heads is None else tuple(heads[slot] for slot in piece.slots),
-                                  piece.row_start, piece.row_end, num_tokens), piece.payloads[0])
+                                  None if (piece.row_start, piece.row_end) == (0, num_tokens) else
+                                  (piece.row_start, piece.row_end)), piece.payloads[0])
             for piece in pieces]
 
 
@@ -209,7 +210,7 @@ def write_chunk_row(store: CaptureStore, files: FileGrid, row: int, fitted: list
     for file in fitted:
         html = part_html(store, file, files.navigation(row, file.part), text)
         what = f"the page {file.part.name} with its links"
-        (directory / file.part.name).write_bytes(check_page_size(html, max_file_mb, what))
+        write_page(directory / file.part.name, html, max_file_mb, what)
 
 
 def part_section(store: CaptureStore, file: FittedPart) -> Section:
@@ -218,7 +219,8 @@ def part_section(store: CaptureStore, file: FittedPart) -> Section:
     naming = HeadNaming(store.num_heads, store.num_kv_heads)
     labels = head_labels(part.chunk, naming) if part.heads is None else tuple(
         HeadLabel(head, naming.label(head)) for head in part.heads)
-    shape = (len(labels), part.row_end - part.row_start, store.num_tokens)  # the payload holds the weights
+    start, end = part.rows or (0, store.num_tokens)
+    shape = (len(labels), end - start, store.num_tokens)  # a stand-in: the payload holds the weights
     return Section(key=part.name.removesuffix(".html"), title=part.title, layer=part.chunk.layer, heads=labels,
                    matrices=np.broadcast_to(np.float32(0), shape), row_start=part.row_start, payload=file.payload)
 
@@ -233,7 +235,7 @@ def part_html(store: CaptureStore, file: FittedPart, nav: Navigation, text: Toke
 def fixed_page_bytes(store: CaptureStore, text: TokenText) -> int:
     """The size of a chunk page holding one tiny section: scripts, styles and token data, without attention."""
     chunk = Chunk(0, (0,), "size", "size", "size")
-    part = chunk_part(chunk, (0,), 0, 1, store.num_tokens)
+    part = chunk_part(chunk, (0,), (0, 1))
     empty = FittedPart(part, encode_rows(np.zeros((1, 1, store.num_tokens), np.float32), 0, store.causal))
     files = FileGrid([[part]])
     return len(part_html(store, empty, files.navigation(0, part), text).encode("utf-8"))
