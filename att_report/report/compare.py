@@ -234,7 +234,7 @@ def _fixed_page_bytes(comparison: Comparison) -> int:
     """The size of a compare page of one head without attention: scripts, styles and both captures' tokens."""
     chunk = plan_chunks([0], [0], "none")[0][0]
     part = chunk_part(chunk, (0,))
-    empty = tuple(encode_rows(np.zeros((1, store.num_tokens, store.num_tokens), np.float32), 0, store.causal)
+    empty = tuple(encode_rows(np.zeros((1, 1, store.num_tokens), np.float32), 0, store.causal)  # one row: a few bytes
                   for store in comparison.stores)
     page = compare_page(comparison, FittedPage(part, (empty[0], empty[1])), FileGrid([[part]]).navigation(0, part))
     return len(render_template("compare.html", page=page).encode("utf-8"))

@@ -104,9 +104,6 @@ def write_report(store: CaptureStore, directory: Path, options: RenderOptions) -
             if pending:
                 write_chunk_row(store, files, len(files.rows) - 2, pending, text, directory, options.max_file_mb)
             pending = fitted
-    if not pending:  # aggregate 'layers': the one mean is known once every layer was read
-        pending = fit_chunk(grid[0][0], reader.overall_mean()[np.newaxis], None, store, budget)
-        files.rows.append([file.part for file in pending])
     write_chunk_row(store, files, len(files.rows) - 1, pending, text, directory, options.max_file_mb)
     analyses = [rollout.close() if reader.rollout else
                 AnalysisFiles(ROLLOUT_TITLE, (), rollout_omitted(store.num_tokens, len(store.layer_indices)))]
@@ -170,7 +167,8 @@ def report_pass(store: CaptureStore, aggregate: str) -> LayerPass:
 def fitted_rows(store: CaptureStore, grid: list[list[Chunk]], reader: LayerPass, budget: int
                 ) -> Iterator[tuple[int, list[FittedPart]]]:
     """Read the store once, layer by layer, and yield each layer with its row of files fitted to `budget` payload
-    bytes (none for aggregate 'layers'); the rollout through the layer is ready in `reader` when it is yielded."""
+    bytes (for aggregate 'layers', none until the last layer, which brings the one mean); the rollout through the
+    layer is ready in `reader` when it is yielded."""
     aggregate_layers = grid[0][0].layer == MEAN
     for row, layer in enumerate(store.layer_indices):
         chunks = [] if aggregate_layers else grid[row]
@@ -185,6 +183,8 @@ def fitted_rows(store: CaptureStore, grid: list[list[Chunk]], reader: LayerPass,
         mean = reader.finish_layer()
         if chunks and chunks[0].heads is None and mean is not None:
             files = fit_chunk(chunks[0], mean[np.newaxis], None, store, budget)
+        if aggregate_layers and row == len(store.layer_indices) - 1:
+            files = fit_chunk(grid[0][0], reader.overall_mean()[np.newaxis], None, store, budget)
         yield layer, files
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 
 from att_report.atomic import staged_file
 from att_report.errors import OutputExistsError, UsageError
@@ -32,7 +31,6 @@ from att_report.report.plan import FileGrid
 from att_report.report.render import (
     GENERATOR,
     RenderOptions,
-    fit_chunk,
     fitted_rows,
     fixed_page_bytes,
     part_section,
@@ -85,10 +83,6 @@ def render_single_file(store: CaptureStore, output: Path, options: RenderOptions
             pieces = fitted_sections(rollout_section(layer, reader.rollout_so_far), store.causal, budget)
             rollout += pieces
             add(pieces, done)
-    if grid[0][0].layer == MEAN:
-        fitted = fit_chunk(grid[0][0], reader.overall_mean()[np.newaxis], None, store, budget)
-        files.rows.append([file.part for file in fitted])
-        add([part_section(store, file) for file in fitted], len(store.layer_indices))
     saliency = [piece for section in saliency_sections(store)
                 for piece in fitted_sections(section, store.causal, budget)]
     add(saliency, len(store.layer_indices))
