@@ -11,13 +11,14 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from synthetic import write_synthetic_store
 from test_render import assemble, body, page_data, render_cli, walk, within_budget
-from test_viewer_page import tokens_for
+from test_viewer_page import Walk, tokens_for
 
 import att_report
 from att_report.analysis.alignment import align_tokens, divergence_rows, first_difference
@@ -123,31 +124,25 @@ def test_single_file_has_every_view_the_folder_has(store_path: Path, small: Path
     keys = [section["key"] for section in page_data(page)["sections"]]
     assert any(key.startswith("rollout-") for key in keys) and any(key.startswith("saliency-") for key in keys)
     (frame,) = [attrs for _, attrs in page.find("iframe", data_neurons_frame=None)]
-    inner = walk_text(frame["srcdoc"] or "")
+    inner = Walk(frame["srcdoc"] or "")
     neurons = json.loads(inner.text(inner.find("script", id="att-data")[0][0]))
     assert neurons["units"] == [list(range(UNITS))] * LAYERS
     assert inner.find("a", href=None) == []  # the framed page links to no index of its own
 
 
-def walk_text(html: str) -> object:
-    from test_viewer_page import Walk
-
-    return Walk(html)
-
-
-def test_single_file_neurons_run_in_the_browser(page: object, store_path: Path) -> None:
+def test_single_file_neurons_run_in_the_browser(page: Any, store_path: Path) -> None:
     single = store_path.parent / "single.html"
     if not single.exists():
         render_cli(store_path, single, "--single-file")
-    page.goto(single.as_uri())  # type: ignore[attr-defined]
-    page.wait_for_selector("body[data-shown]")  # type: ignore[attr-defined]
-    frame = page.frame_locator("[data-neurons-frame]")  # type: ignore[attr-defined]
+    page.goto(single.as_uri())
+    page.wait_for_selector("body[data-shown]")
+    frame = page.frame_locator("[data-neurons-frame]")
     frame.locator("body[data-ready]").wait_for()
     values = frame.locator("[data-neuron-text] [data-index]").evaluate_all(
         "els => els.map(e => Number(e.getAttribute('data-value')))")
     stored = att_report.load(store_path).neurons()[1][0, :, 0]
     assert np.abs(np.array(values) - stored).max() <= np.abs(stored).max() / 254 + 1e-6
-    assert page.requests == [single.as_uri()] and page.page_errors == []  # type: ignore[attr-defined]
+    assert page.requests == [single.as_uri()] and page.page_errors == []
 
 
 def test_rollout_is_left_out_at_length_and_the_index_says_why(tmp_path: Path) -> None:
@@ -202,3 +197,20 @@ def test_divergence_rows_start_at_the_first_difference(tmp_path: Path) -> None:
         rows, keys = divergence_rows(align_tokens(a_tokens, b_tokens), a, b)
         assert keys.tolist() == [[0, 0], [1, 1], [2, 3], [3, 4], [4, 5]]
         assert rows.tolist() == (keys[2:] if causal else keys).tolist()
+
+
+def test_index_parts_moved_to_pages_of_their_own_still_work(page: Any, small: Path) -> None:
+    """With the grid on grid.html, the index still explains a completion token, and grid.html draws every head."""
+    index = walk(small / "index.html")
+    moved = {attrs["href"] for _, attrs in index.find("a", data_index_elsewhere=None)}
+    assert moved == {"grid.html", "metrics.html", "pages.html"}
+    page.goto((small / "index.html").as_uri())
+    token = TOKENS - COMPLETION + 3
+    page.wait_for_function("window.attReport && window.attReport.details")  # the token details are wired
+    page.hover(f'[data-index-text] [data-index="{token}"]')
+    assert page.get_attribute("[data-token-details]", "data-shown-index") == str(token)
+    page.goto((small / "grid.html").as_uri())
+    page.wait_for_selector("body[data-grid-ready]")
+    drawn = page.eval_on_selector_all("canvas[data-thumb]", "els => els.filter(e => e.width > 0).length")
+    assert drawn == LAYERS * HEADS
+    assert page.page_errors == [] and all(url.startswith("file://") for url in page.requests)
