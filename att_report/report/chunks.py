@@ -26,11 +26,19 @@ class Chunk:
     heads: tuple[int, ...] | None
     stem: str
     title: str
-    key: str
 
     @property
     def is_mean(self) -> bool:
         return self.heads is None
+
+    @property
+    def key(self) -> str:
+        """The chunk's name when one file holds it whole: its file's stem, and its section key in a single file."""
+        return self.stem if self.heads is None else f"{self.stem}-heads-{span(self.heads, '-')}"
+
+    @property
+    def name(self) -> str:
+        return f"{self.key}.html"
 
 
 @dataclass(frozen=True)
@@ -59,14 +67,13 @@ def plan_chunks(layers: Sequence[int], heads: Sequence[int], aggregate: str) -> 
         raise UsageError(f"--aggregate {aggregate!r} is unknown; use one of {', '.join(AGGREGATES)}.")
     width = max(2, len(str(max(layers))))
     if aggregate == "layers":
-        return [[Chunk(MEAN, None, "mean", f"Mean over all {len(layers)} layers and {len(heads)} heads", "mean")]]
+        return [[Chunk(MEAN, None, "mean", f"Mean over all {len(layers)} layers and {len(heads)} heads")]]
     if aggregate == "heads":
-        return [[Chunk(layer, None, f"layer-{layer:0{width}d}-mean", f"Layer {layer} · mean of {len(heads)} heads",
-                       f"L{layer}-mean")] for layer in layers]
+        return [[Chunk(layer, None, f"layer-{layer:0{width}d}-mean", f"Layer {layer} · mean of {len(heads)} heads")]
+                for layer in layers]
     groups = [tuple(heads[start:start + HEADS_PER_PAGE]) for start in range(0, len(heads), HEADS_PER_PAGE)]
-    return [[Chunk(layer, group, f"layer-{layer:0{width}d}", f"Layer {layer} · {heads_title(group)}",
-                   f"L{layer}-H{span(group, '-')}") for group in groups]
-            for layer in layers]
+    return [[Chunk(layer, group, f"layer-{layer:0{width}d}", f"Layer {layer} · {heads_title(group)}")
+             for group in groups] for layer in layers]
 
 
 def heads_title(heads: tuple[int, ...]) -> str:

@@ -234,7 +234,7 @@ def part_html(store: CaptureStore, file: FittedPart, nav: Navigation, text: Toke
 
 def fixed_page_bytes(store: CaptureStore, text: TokenText) -> int:
     """The size of a chunk page holding one tiny section: scripts, styles and token data, without attention."""
-    chunk = Chunk(0, (0,), "size", "size", "size")
+    chunk = Chunk(0, (0,), "size", "size")
     part = chunk_part(chunk, (0,), (0, 1))
     empty = FittedPart(part, encode_rows(np.zeros((1, 1, store.num_tokens), np.float32), 0, store.causal))
     files = FileGrid([[part]])
