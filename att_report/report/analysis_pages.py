@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from att_report.report.chunks import INDEX_NAME
-from att_report.report.fitting import fit, write_page
+from att_report.report.fitting import Rows, fit, write_page
 from att_report.report.encode import encode_rows
 from att_report.report.page_types import HeadLabel, Link, MEAN, Navigation, TokenText
 from att_report.report.plan import ROLLOUT_MAX_TOKENS, AnalysisFiles, analysis_name
@@ -74,15 +74,18 @@ def fitted_sections(section: Section, causal: bool, budget: int) -> list[Section
     (just the section itself, encoded, when it fits whole)."""
     matrices = section.matrices
     num_tokens = matrices.shape[-1]
-    pieces = fit(1, num_tokens, causal, lambda slots, start, end: (encode_rows(matrices[:, start:end], start, causal),),
-                 budget, lambda slot: section.title)
+
+    def encode(slots: tuple[int, ...], rows: Rows) -> tuple[str, ...]:
+        start, end = rows or (0, num_tokens)
+        return (encode_rows(matrices[:, start:end], start, causal),)
+
+    pieces = fit(1, encode, budget, lambda slot: section.title, (num_tokens, causal))
     if len(pieces) == 1:
         return [replace(section, payload=pieces[0].payloads[0]).encoded(causal)]
-    return [replace(section, key=f"{section.key}-rows-{piece.row_start}-{piece.row_end - 1}",
-                    title=f"{section.title} · query rows {piece.row_start}–{piece.row_end - 1}",
-                    matrices=matrices[:, piece.row_start:piece.row_end], row_start=piece.row_start,
-                    payload=piece.payloads[0]).encoded(causal)
-            for piece in pieces]
+    return [replace(section, key=f"{section.key}-rows-{start}-{end - 1}",
+                    title=f"{section.title} · query rows {start}–{end - 1}",
+                    matrices=matrices[:, start:end], row_start=start, payload=piece.payloads[0]).encoded(causal)
+            for piece in pieces for start, end in [piece.rows or (0, num_tokens)]]
 
 
 @dataclass

@@ -34,7 +34,7 @@ from att_report.atomic import staged_directory
 from att_report.errors import UsageError
 from att_report.report.chunks import INDEX_NAME, Chunk, HeadNaming, plan_chunks, row_label
 from att_report.report.encode import SCHEME_DESCRIPTION, encode_rows
-from att_report.report.fitting import fit, memory_groups, payload_budget, write_page
+from att_report.report.fitting import Rows, fit, memory_groups, payload_budget, write_page
 from att_report.report.index_page import ChunkLinks, TextToken, index_facts, index_text
 from att_report.report.neuron_page import PAGE_NAME as NEURON_PAGE
 from att_report.report.neuron_page import comparison_neuron_page
@@ -212,12 +212,12 @@ def write_comparison(comparison: Comparison, directory: Path, budget: int, max_f
 def _fit_pages(comparison: Comparison, chunk: Chunk, heads: tuple[int, ...],
                squares: tuple[np.ndarray, np.ndarray], budget: int) -> list[FittedPage]:
     """Cut a group of heads into pages of fewer heads until both captures' payloads together fit `budget`."""
-    def encode(slots: tuple[int, ...], start: int, end: int) -> tuple[str, ...]:
+    def encode(slots: tuple[int, ...], rows: Rows) -> tuple[str, ...]:
         return tuple(encode_rows(square[slots[0]:slots[-1] + 1], 0, store.causal)
                      for store, square in zip(comparison.stores, squares))
 
-    pieces = fit(len(heads), 1, comparison.a.causal, encode, budget,
-                 lambda slot: f"layer {chunk.layer} · head {heads[slot]} of the two captures", split_rows=False)
+    pieces = fit(len(heads), encode, budget,
+                 lambda slot: f"layer {chunk.layer} · head {heads[slot]} of the two captures")
     return [FittedPage(chunk_part(chunk, tuple(heads[slot] for slot in piece.slots)),
                        (piece.payloads[0], piece.payloads[1])) for piece in pieces]
 

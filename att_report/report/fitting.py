@@ -25,17 +25,17 @@ PAGE_SLACK = 8_192
 # so a page holds one head (or its row ranges), and render's memory stays about one head's square.
 MEMORY_CELLS = 1 << 26
 
-Encode = Callable[[tuple[int, ...], int, int], tuple[str, ...]]
+Rows = tuple[int, int] | None  # query rows start..end-1, or None: every row
+Encode = Callable[[tuple[int, ...], Rows], tuple[str, ...]]
 
 
 @dataclass(frozen=True)
 class Piece:
-    """What one page holds after fitting: matrix slots, query rows row_start..row_end-1, and the encoded payloads
-    (one per capture shown: one for a report, two for a comparison)."""
+    """What one page holds after fitting: matrix slots, query rows, and the encoded payloads (one per capture shown:
+    one for a report, two for a comparison)."""
 
     slots: tuple[int, ...]
-    row_start: int
-    row_end: int
+    rows: Rows
     payloads: tuple[str, ...]
 
     @property
@@ -53,28 +53,30 @@ def payload_budget(max_file_mb: float, fixed: int, what: str, flag: str = "--max
     return budget - needed
 
 
-def fit(count: int, num_tokens: int, causal: bool, encode: Encode, budget: int, title: Callable[[int], str],
-        split_rows: bool = True) -> list[Piece]:
-    """Cut `count` matrices over `num_tokens` tokens into pieces whose payloads fit `budget` bytes: halve the slots,
-    then (if allowed) the rows. `title(slot)` names a matrix for the refusal when one row of it cannot fit.
+def fit(count: int, encode: Encode, budget: int, title: Callable[[int], str],
+        row_split: tuple[int, bool] | None = None) -> list[Piece]:
+    """Cut `count` matrices (or other things a page shows, such as layers) into pieces whose payloads fit `budget`
+    bytes: halve the slots, then, given `row_split` (the token count and whether the matrices are causal), the query
+    rows. `title(slot)` names a matrix for the refusal when it cannot be cut enough.
 
     Iterative, not a recursive closure: a closure that calls itself is a reference cycle, which would keep the
     caller's matrices alive until the garbage collector happens to run."""
     pieces: list[Piece] = []
-    pending = [(tuple(range(count)), 0, num_tokens)]
+    pending: list[tuple[tuple[int, ...], Rows]] = [(tuple(range(count)), None)]
     while pending:
-        slots, start, end = pending.pop()
-        piece = Piece(slots, start, end, encode(slots, start, end))
+        slots, rows = pending.pop()
+        piece = Piece(slots, rows, encode(slots, rows))
+        span = None if row_split is None else rows or (0, row_split[0])
         if piece.size <= budget:
             pieces.append(piece)
         elif len(slots) > 1:
             half = len(slots) // 2
-            pending += [(slots[half:], start, end), (slots[:half], start, end)]
-        elif split_rows and end - start > 1:
-            middle = balanced_row_split(start, end, causal)
-            pending += [(slots, middle, end), (slots, start, middle)]
+            pending += [(slots[half:], rows), (slots[:half], rows)]
+        elif row_split is not None and span is not None and span[1] - span[0] > 1:
+            middle = balanced_row_split(span[0], span[1], row_split[1])
+            pending += [(slots, (middle, span[1])), (slots, (span[0], middle))]
         else:
-            unit = "one query row of" if split_rows else "all of"
+            unit = "one query row of" if row_split else "all of"
             raise UsageError(f"{unit} {title(slots[0])} does not fit --max-file-mb; raise it.")
     return pieces
 

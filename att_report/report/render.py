@@ -29,7 +29,7 @@ from att_report.report.analysis_pages import (
 )
 from att_report.report.chunks import INDEX_NAME, Chunk, HeadNaming, head_labels, plan_chunks, row_label
 from att_report.report.encode import encode_rows
-from att_report.report.fitting import MB, PAGE_SLACK, fit, memory_groups, payload_budget, write_page
+from att_report.report.fitting import MB, PAGE_SLACK, Rows, fit, memory_groups, payload_budget, write_page
 from att_report.report.index_page import INDEX_PARTS, PART_PAGES, ChunkLinks, IndexPage, index_page
 from att_report.report.layer_pass import LayerPass
 from att_report.report.neuron_page import PAGE_NAME as NEURON_PAGE
@@ -127,11 +127,11 @@ def write_neuron_pages(store: CaptureStore, text: TokenText, directory: Path, ma
         return None
     layers = len(neurons[0])
 
-    def page(slots: tuple[int, ...], start: int, end: int) -> tuple[str, ...]:
+    def page(slots: tuple[int, ...], rows: Rows) -> tuple[str, ...]:
         return (render_template("neurons.html", page=neuron_page(store, text, layers=slots)),)
 
     budget = int(max_file_mb * MB) - PAGE_SLACK  # the pages are measured whole; the slack covers non-ASCII bytes
-    pieces = fit(layers, 1, store.causal, page, budget, lambda slot: f"the neurons of layer {slot}", split_rows=False)
+    pieces = fit(layers, page, budget, lambda slot: f"the neurons of layer {slot}")
     files = []
     for piece in pieces:
         name = NEURON_PAGE if len(pieces) == 1 else f"neurons-layers-{piece.slots[0]}-{piece.slots[-1]}.html"
@@ -193,14 +193,15 @@ def fit_chunk(chunk: Chunk, squares: np.ndarray, heads: tuple[int, ...] | None, 
     """Fit the (n, T, T) `squares` of `heads` (None: the chunk's one mean) into files of at most `budget` bytes."""
     causal, num_tokens = store.causal, store.num_tokens
 
-    def encode(slots: tuple[int, ...], start: int, end: int) -> tuple[str, ...]:
+    def encode(slots: tuple[int, ...], rows: Rows) -> tuple[str, ...]:
+        start, end = rows or (0, num_tokens)
         return (encode_rows(squares[slots[0]:slots[-1] + 1, start:end], start, causal),)  # slots are consecutive
 
-    pieces = fit(len(squares), num_tokens, causal, encode, budget,
-                 lambda slot: chunk.title if heads is None else f"layer {chunk.layer} · head {heads[slot]}")
+    pieces = fit(len(squares), encode, budget,
+                 lambda slot: chunk.title if heads is None else f"layer {chunk.layer} · head {heads[slot]}",
+                 (num_tokens, causal))
     return [FittedPart(chunk_part(chunk, None if heads is None else tuple(heads[slot] for slot in piece.slots),
-                                  None if (piece.row_start, piece.row_end) == (0, num_tokens) else
-                                  (piece.row_start, piece.row_end)), piece.payloads[0])
+                                  piece.rows), piece.payloads[0])
             for piece in pieces]
 
 
