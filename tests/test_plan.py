@@ -22,7 +22,9 @@ from test_viewer_page import Walk, tokens_for
 
 import att_report
 from att_report.analysis.alignment import align_tokens, divergence_rows, first_difference
+from att_report.errors import UsageError
 from att_report.report.encode import ERROR_BOUND
+from att_report.report.fitting import fit
 from att_report.report.plan import ROLLOUT_MAX_TOKENS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -214,3 +216,21 @@ def test_index_parts_moved_to_pages_of_their_own_still_work(page: Any, small: Pa
     drawn = page.eval_on_selector_all("canvas[data-thumb]", "els => els.filter(e => e.width > 0).length")
     assert drawn == LAYERS * HEADS
     assert page.page_errors == [] and all(url.startswith("file://") for url in page.requests)
+
+
+def test_fitter_halves_heads_then_rows_and_covers_each_once() -> None:
+    """A payload of one byte per cell held: 4 square heads of 10 causal rows (55 cells each) under a budget of 30."""
+    def encode(slots: tuple[int, ...], rows: tuple[int, int] | None) -> tuple[str, ...]:
+        start, end = rows or (0, 10)
+        return ("x" * len(slots) * sum(row + 1 for row in range(start, end)),)
+
+    pieces = fit(4, encode, 30, lambda slot: f"head {slot}", (10, True))
+    assert all(piece.size <= 30 for piece in pieces)
+    assert all(len(piece.slots) == 1 for piece in pieces)  # heads were halved before any row was cut
+    held = sorted((piece.slots[0], row) for piece in pieces for row in range(*(piece.rows or (0, 10))))
+    assert held == [(slot, row) for slot in range(4) for row in range(10)]
+    # 55 cells > 30: cut where the cells halve; rows 0-6 hold 1 + ... + 7 = 28 cells, rows 7-9 hold 8 + 9 + 10 = 27
+    assert [piece.rows for piece in pieces if piece.slots == (0,)] == [(0, 7), (7, 10)]
+    with pytest.raises(UsageError, match="one query row of head 0"):
+        fit(4, encode, 5, lambda slot: f"head {slot}", (10, True))
+    assert [piece.slots for piece in fit(4, encode, 120, lambda slot: "", None)] == [(0, 1), (2, 3)]
