@@ -86,7 +86,8 @@ def balanced_row_split(start: int, end: int, causal: bool) -> int:
     if not causal:
         return (start + end) // 2
     cells = np.cumsum(np.arange(start, end) + 1)
-    return start + 1 + int(np.searchsorted(cells[:-1], cells[-1] / 2))
+    halfway = start + 1 + int(np.searchsorted(cells, cells[-1] / 2))  # after the row where half the cells are reached
+    return min(max(halfway, start + 1), end - 1)  # both halves keep a row: (9, 10) cells split after the first
 
 
 def memory_groups(heads: tuple[int, ...], num_tokens: int) -> list[tuple[int, ...]]:
