@@ -26,6 +26,7 @@ from att_report.errors import UsageError
 from att_report.report.encode import ERROR_BOUND
 from att_report.report.fitting import fit
 from att_report.report.plan import ROLLOUT_MAX_TOKENS
+from att_report.report.thumbnails import layer_thumbnails, thumbnail_size
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKENS = 480
@@ -234,3 +235,20 @@ def test_fitter_halves_heads_then_rows_and_covers_each_once() -> None:
     with pytest.raises(UsageError, match="one query row of head 0"):
         fit(4, encode, 5, lambda slot: f"head {slot}", (10, True))
     assert [piece.slots for piece in fit(4, encode, 120, lambda slot: "", None)] == [(0, 1), (2, 3)]
+
+
+def test_thumbnails_follow_their_rule_cell_by_cell() -> None:
+    """Each row scaled to its own largest weight, then the largest scaled weight of each block, as round(255 x)."""
+    rng = np.random.default_rng(9)
+    attention = rng.random((2, 101, 101)).astype(np.float32)
+    attention[0, 5] = 0  # a row without weight stays 0
+    size = thumbnail_size(101)
+    edges = np.linspace(0, 101, size + 1).round().astype(int)
+    expected = np.zeros((2, size, size), dtype=np.uint8)
+    for head in range(2):
+        rows = [row / row.max() if row.max() > 0 else row for row in attention[head].astype(np.float64)]
+        for i in range(size):
+            for j in range(size):
+                block = [rows[r][edges[j]:edges[j + 1]] for r in range(edges[i], edges[i + 1])]
+                expected[head, i, j] = round(255 * max(float(values.max()) for values in block))
+    assert np.abs(layer_thumbnails(attention).astype(int) - expected).max() <= 1  # float32 vs float64 at .5
