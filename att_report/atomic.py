@@ -73,6 +73,22 @@ def staged_directory(target: Path) -> Iterator[Path]:
         raise
 
 
+@contextmanager
+def staged_file(target: Path) -> Iterator[Path]:
+    """Yield a sibling path to write one file at; on success it replaces `target`, on any failure it is removed."""
+    target = target.absolute()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.parent / f"{PARTIAL_PREFIX}{target.name}.{os.getpid()}"
+    try:
+        yield staging
+        with open(staging, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(staging, target)
+    except BaseException:
+        staging.unlink(missing_ok=True)
+        raise
+
+
 def _swap_into_place(staging: Path, target: Path) -> None:
     """Rename `staging` to `target`, moving an existing `target` aside first and deleting it after."""
     retired = None

@@ -127,10 +127,13 @@ window.attReport = window.attReport || {};
   };
 
   async function start() {
+    var data = document.getElementById('att-index-data');
+    if (!data) return;
+    var meta = JSON.parse(data.textContent);
+    ns.details = new ns.TokenDetails(meta.details, document.querySelector('[data-token-details]'));
+    /* The grid may sit on a page of its own (grid.html) when the index would exceed the size budget. */
     var root = document.querySelector('[data-grid]'), payload = document.getElementById('att-thumbnails');
     if (!root || !payload) return;
-    var meta = JSON.parse(document.getElementById('att-index-data').textContent);
-    ns.details = new ns.TokenDetails(meta.details, document.querySelector('[data-token-details]'));
     var bytes = await ns.inflate(ns.base64ToBytes(payload.textContent.trim()));
     ns.grid = new ns.IndexGrid(root, meta, bytes);
     ns.grid.draw();

@@ -47,12 +47,13 @@ def write_synthetic_store(
     special: list[bool] | None = None,
     layer_indices: list[int] | None = None,
     head_indices: list[int] | None = None,
+    saliency: np.ndarray | None = None,
 ) -> list[np.ndarray]:
-    """Write a store for `tokens` with random attention, and `neurons` (units (L, K), values (L, T, K)) as capture
-    writes them when given, the tokens flagged `special` (none by default); return the float32 layers as written
-    (only `layer_indices` and `head_indices` of the model's `num_layers` x `num_heads` when given). For a float16 store the weights are drawn as
-    float16 values, so the store holds them exactly and the metrics the writer computes from them equal those
-    measured from the store."""
+    """Write a store for `tokens` with random attention, and `neurons` (units (L, K), values (L, T, K)) and `saliency`
+    (a (T, T) array stored as both kinds) as capture writes them when given, the tokens flagged `special` (none by
+    default); return the float32 layers as written (only `layer_indices` and `head_indices` of the model's
+    `num_layers` x `num_heads` when given). For a float16 store the weights are drawn as float16 values, so the store
+    holds them exactly and the metrics the writer computes from them equal those measured from the store."""
     rng = np.random.default_rng(seed)
     stored_heads = num_heads if head_indices is None else len(head_indices)
     stored_layers = num_layers if layer_indices is None else len(layer_indices)
@@ -89,6 +90,10 @@ def write_synthetic_store(
                             "units": write_array(staging, "neurons/units.npy", neurons[0].astype(np.int32)),
                             "values": write_array(staging, "neurons/values.npy", neurons[1].astype(np.float32))}}
                if neurons is not None else {}),
+            **({"saliency": {"rows": list(range(prompt_length, len(tokens))), "targets": [],
+                             **{kind: write_array(staging, f"saliency/{kind}.npy", saliency.astype(np.float32))
+                                for kind in ("grad_norm", "grad_x_input")}}}
+               if saliency is not None else {}),
         })
     return layers
 

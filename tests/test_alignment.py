@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -40,13 +41,25 @@ def _js_bits(p: list[float], q: list[float]) -> float:
     return total
 
 
+def rename_model(store: Path, name: str) -> None:
+    """Make a synthetic store claim another model, as a capture of the same prompt through a second model would."""
+    manifest = json.loads((store / "manifest.json").read_text(encoding="utf-8"))
+    manifest["model"]["name"] = name
+    (store / "manifest.json").write_text(json.dumps(manifest, sort_keys=True), encoding="utf-8")
+
+
 def test_identical_captures_do_not_diverge(tmp_path: Path) -> None:
     tokens = ["a", "b", "c", "d", "e"]
     write_synthetic_store(tmp_path / "a", tokens, 4, num_layers=2, num_heads=3, seed=1)
     write_synthetic_store(tmp_path / "b", tokens, 4, num_layers=2, num_heads=3, seed=1)
     a, b = att_report.load(tmp_path / "a"), att_report.load(tmp_path / "b")
     result = head_divergence(a, b, align_tokens(a.tokens, b.tokens))
-    assert result.rows_compared == 4
+    assert result.rows_compared == 0  # one causal model, one text: no row can differ
+    np.testing.assert_allclose(result.values, 0)
+    rename_model(tmp_path / "b", "another model")
+    b = att_report.load(tmp_path / "b")
+    result = head_divergence(a, b, align_tokens(a.tokens, b.tokens))
+    assert result.rows_compared == 4  # two models: every aligned prompt row can differ
     np.testing.assert_allclose(result.values, 0, atol=1e-6)
 
 
@@ -54,6 +67,7 @@ def test_divergence_matches_hand_computation(tmp_path: Path) -> None:
     tokens = ["a", "b", "c"]
     write_synthetic_store(tmp_path / "a", tokens, 3, num_layers=1, num_heads=2, seed=1)
     write_synthetic_store(tmp_path / "b", tokens, 3, num_layers=1, num_heads=2, seed=2)
+    rename_model(tmp_path / "b", "another model")  # one prompt through two models: every row can differ
     a, b = att_report.load(tmp_path / "a"), att_report.load(tmp_path / "b")
     result = head_divergence(a, b, align_tokens(a.tokens, b.tokens))
     layer_a, layer_b = a.attention(0), b.attention(0)

@@ -1,6 +1,6 @@
 """Firefox smoke test: a report's index and a chunk page open from file:// in Debian's firefox-esr, driven through
 WebDriver BiDi by tests/firefox/smoke.mjs (puppeteer-core, no downloaded browser): no network request, no console
-error, the observer view's data-weight within 1/510 of the store, and canvas export giving a PNG; and a notebook's
+error, the observer view's data-weight within 1/255 of the store, and canvas export giving a PNG; and a notebook's
 inline report (the iframe srcdoc) opening on its layer and head, its links staying inside the frame."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from att_report.report.notebook import inline_report
 from synthetic import write_synthetic_store
 
 DRIVER = Path(__file__).resolve().parent / "firefox"
-BOUND = 1 / 510 + 1e-6  # a page byte is round(255 w): within 1/510 of the stored weight
+BOUND = 1 / 255 + 1e-6  # a page's bytes diffuse each row's rounding: each weight within 1/255 of the store
 PNG_SIGNATURE = [137, 80, 78, 71, 13, 10, 26, 10]
 # Hostile and multi-byte text, so Firefox's decoding of the escaped token data is exercised too.
 TOKENS = ["<s>", "Ünïcode", " </script>", " 🙂", " &amp;", " the", " cat", " sat", " on", " a", " mat", "."]

@@ -119,7 +119,7 @@ def test_chunk_page_shows_the_stored_rows_and_columns(page: Any, report: Path, a
 
 def test_navigation_leads_to_the_neighbours(page: Any, report: Path) -> None:
     open_chunk(page, report / "layer-01-heads-0-7.html")
-    steps = [("layer 2 →", ("2", "0,1,2,3,4,5,6,7")), ("heads 8 →", ("2", "8")), ("← layer 1", ("1", "8")),
+    steps = [("layer 2 →", ("2", "0,1,2,3,4,5,6,7")), ("head 8 →", ("2", "8")), ("← layer 1", ("1", "8")),
              ("← heads 0–7", ("1", "0,1,2,3,4,5,6,7")), ("← layer 0", ("0", "0,1,2,3,4,5,6,7"))]
     for label, expected in steps:
         with page.expect_navigation():

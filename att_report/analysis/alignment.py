@@ -67,18 +67,56 @@ def prompt_pairs(alignment: TokenAlignment, prompt_a: int, prompt_b: int) -> np.
     return np.array(kept, dtype=np.int64).reshape(-1, 2)
 
 
+def first_difference(tokens_a: list[str], tokens_b: list[str]) -> int:
+    """The first position where the two token sequences differ (the shorter length when one is a prefix)."""
+    same = (x == y for x, y in zip(tokens_a, tokens_b))
+    return next((position for position, equal in enumerate(same) if not equal), min(len(tokens_a), len(tokens_b)))
+
+
+def from_first_difference(store_a: CaptureStore, store_b: CaptureStore) -> bool:
+    """Whether only the rows from the first difference on can differ: one causal model (same name, revision and
+    dtype) sees the same tokens before that point in both captures, so it attends to them the same way there."""
+    same_model = all(store_a.manifest["model"].get(key) == store_b.manifest["model"].get(key)
+                     for key in ("name", "revision", "dtype"))
+    return same_model and store_a.causal and store_b.causal
+
+
+def divergence_rows(alignment: TokenAlignment, store_a: CaptureStore, store_b: CaptureStore
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """The aligned prompt pairs whose attention can differ (the query rows), and all aligned prompt pairs (the keys).
+
+    For one causal model, the rows from the first difference of the two texts on (see `from_first_difference`);
+    for a bidirectional model or two models, every aligned prompt row."""
+    keys = prompt_pairs(alignment, store_a.prompt_length, store_b.prompt_length)
+    if len(keys) < 2:
+        return keys[:0], keys
+    if not from_first_difference(store_a, store_b):
+        return keys, keys
+    start = first_difference(store_a.tokens, store_b.tokens)
+    return keys[(keys[:, 0] >= start) & (keys[:, 1] >= start)], keys
+
+
+def head_js(square_a: np.ndarray, square_b: np.ndarray, rows: np.ndarray, keys: np.ndarray) -> float:
+    """One head's mean JS divergence over the query pairs `rows`, of (T, T) attention restricted to the key pairs
+    `keys` and renormalized; 0 when no row is compared."""
+    if not len(rows):
+        return 0.0
+    rows_a = square_a[rows[:, 0]][:, keys[:, 0]]
+    rows_b = square_b[rows[:, 1]][:, keys[:, 1]]
+    return float(_mean_js(rows_a[np.newaxis], rows_b[np.newaxis])[0])
+
+
 def head_divergence(store_a: CaptureStore, store_b: CaptureStore, alignment: TokenAlignment) -> HeadDivergence:
-    """Mean JS divergence over aligned prompt query tokens, of attention restricted to aligned keys and renormalized."""
+    """Every head's mean JS divergence over the aligned prompt rows that can differ (see `divergence_rows`), of
+    attention restricted to the aligned prompt keys and renormalized. Reads one head at a time."""
     check_comparable(store_a, store_b)
-    pairs = prompt_pairs(alignment, store_a.prompt_length, store_b.prompt_length)
-    values = np.zeros((store_a.num_layers, store_a.num_heads))
-    if len(pairs) < 2:
-        return HeadDivergence(values=values, rows_compared=0)
-    for layer in range(store_a.num_layers):
-        rows_a = store_a.attention(layer)[:, pairs[:, 0]][:, :, pairs[:, 0]]
-        rows_b = store_b.attention(layer)[:, pairs[:, 1]][:, :, pairs[:, 1]]
-        values[layer] = _mean_js(rows_a, rows_b)
-    return HeadDivergence(values=values, rows_compared=len(pairs))
+    rows, keys = divergence_rows(alignment, store_a, store_b)
+    values = np.zeros((len(store_a.layer_indices), len(store_a.head_indices)))
+    for i, layer in enumerate(store_a.layer_indices):
+        for j, head in enumerate(store_a.head_indices):
+            values[i, j] = head_js(store_a.attention(layer, heads=[head])[0], store_b.attention(layer, heads=[head])[0],
+                                   rows, keys)
+    return HeadDivergence(values=values, rows_compared=len(rows))
 
 
 def _mean_js(rows_a: np.ndarray, rows_b: np.ndarray) -> np.ndarray:

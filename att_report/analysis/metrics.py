@@ -214,6 +214,11 @@ def metrics_source(store: CaptureStore) -> str:
     return stored["source"] if stored is not None else f"measured from the stored weights ({store.encoding.bound})"
 
 
+def has_stored_metrics(store: CaptureStore) -> bool:
+    """Whether the capture stored the head metrics it computed from the model's float32 weights."""
+    return _stored_metrics(store) is not None
+
+
 def _stored_metrics(store: CaptureStore) -> dict[str, Any] | None:
     """The capture's metrics section, when it has one with exactly today's metrics."""
     stored = store.manifest["attention"].get("metrics")

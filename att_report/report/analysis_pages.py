@@ -1,26 +1,32 @@
 """Token x token analyses as pages of the same viewer: attention rollout per layer, and gradient saliency.
 
-DESIGN.md principle 6: an analysis is one more named matrix. Each becomes a Section of a chunk page; sections are
-packed greedily into files under the size budget (`rollout.html`, `rollout-2.html`, ...), linked in order. Saliency is not a probability, so each of its rows is scaled to sum to 1 (the share of the row's saliency
-each token carries), and the page says so.
+DESIGN.md principle 6: an analysis is one more named matrix. Each becomes a Section of a chunk page. A series of
+sections is fitted like every page (see `fitting`: a section too large for one file is cut into ranges of query rows)
+and packed in order into files under the size budget, each named by what it holds (`rollout.html` when one file
+holds all, else `rollout-layer-0-to-layer-7.html`, ...) and linked to the previous and next file. Saliency is not a
+probability, so each of its rows is scaled to sum to 1 (the share of the row's saliency each token carries), and the
+page says so.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from att_report.analysis.metrics import rollout
 from att_report.report.chunks import INDEX_NAME
-from att_report.store import CaptureStore
-from att_report.report.templating import render_template, write_html
+from att_report.report.fitting import Rows, fit, write_page
+from att_report.report.encode import encode_rows
 from att_report.report.page_types import HeadLabel, Link, MEAN, Navigation, TokenText
+from att_report.report.plan import ROLLOUT_MAX_TOKENS, AnalysisFiles, analysis_name
 from att_report.report.readings import ROLLOUT, SALIENCY
+from att_report.report.templating import render_template
 from att_report.report.viewer import Section, chunk_page
+from att_report.store import CaptureStore
 
+ROLLOUT_TITLE, SALIENCY_TITLE = "Attention rollout", "Gradient saliency"
 ROLLOUT_NOTE = (
     "Attention rollout (Abnar & Zuidema, 2020): each layer's head mean with the residual connection, "
     "0.5 · A + 0.5 · I with rows renormalized, multiplied through the layers up to the one shown. Row t: how much "
@@ -34,23 +40,14 @@ SALIENCY_NOTE = (
 SALIENCY_KINDS = (("grad_norm", "gradient norm"), ("grad_x_input", "|gradient × input|"))
 
 
-@dataclass(frozen=True)
-class AnalysisPage:
-    """An analysis written to the report: its name for the index and its files."""
-
-    title: str
-    files: tuple[str, ...]
-
-
-def write_analysis_pages(store: CaptureStore, text: TokenText, directory: Path, payload_budget: int) -> list[AnalysisPage]:
-    """Write the rollout pages, and the saliency pages when the capture has saliency; return what was written."""
-    pages = [_write_pages("rollout", "Attention rollout", rollout_sections(store), ROLLOUT_NOTE, text, directory,
-                          payload_budget, open_last=True)]
-    saliency = list(saliency_sections(store))
-    if saliency:
-        pages.append(_write_pages("saliency", "Gradient saliency", saliency, SALIENCY_NOTE, text, directory,
-                                  payload_budget))
-    return pages
+def rollout_omitted(num_tokens: int, num_layers: int) -> str:
+    """Why a capture this long has no rollout page, or "" when it has one."""
+    if num_tokens <= ROLLOUT_MAX_TOKENS:
+        return ""
+    tflop = 2 * num_tokens ** 3 * num_layers / 1e12
+    return (f"Attention rollout is left out: at {num_tokens:,} tokens it multiplies {num_layers} matrices of "
+            f"{num_tokens:,} × {num_tokens:,} (about {tflop:,.0f} TFLOP); it is computed up to "
+            f"{ROLLOUT_MAX_TOKENS:,} tokens.")
 
 
 def saliency_shares(matrix: np.ndarray) -> np.ndarray:
@@ -60,10 +57,10 @@ def saliency_shares(matrix: np.ndarray) -> np.ndarray:
     return np.divide(magnitude, sums, out=np.zeros_like(magnitude), where=sums > 0).astype(np.float32)
 
 
-def rollout_sections(store: CaptureStore) -> Iterator[Section]:
-    for layer, matrix in enumerate(rollout(store)):
-        yield Section(f"rollout-L{layer}", f"Rollout through layer {layer}", layer,
-                      (HeadLabel(MEAN, f"rollout to layer {layer}"),), matrix[np.newaxis], 0, reading=ROLLOUT)
+def rollout_section(layer: int, matrix: np.ndarray) -> Section:
+    return Section(f"rollout-L{layer}", f"Rollout through layer {layer}", layer,
+                   (HeadLabel(MEAN, f"rollout to layer {layer}"),), matrix[np.newaxis], 0,
+                   reading=ROLLOUT)
 
 
 def saliency_sections(store: CaptureStore) -> Iterator[Section]:
@@ -74,30 +71,81 @@ def saliency_sections(store: CaptureStore) -> Iterator[Section]:
                           (HeadLabel(MEAN, label),), saliency_shares(matrix)[np.newaxis], 0, reading=SALIENCY)
 
 
-def _write_pages(stem: str, title: str, sections: Iterable[Section], note: str, text: TokenText, directory: Path,
-                 budget: int, open_last: bool = False) -> AnalysisPage:
-    """Pack sections into files of at most `budget` payload bytes, linked in order, each opening at its first section
-    (or, with `open_last`, its last: the rollout through the most layers). Each section is encoded once and kept only
-    as its payload until its file is written (a file is written when the next one starts, so it can link to it)."""
-    names: list[str] = []
-    pending: list[Section] = []
-    used = 0
+def fitted_sections(section: Section, causal: bool, budget: int) -> list[Section]:
+    """Cut one section of a single matrix into encoded sections of query rows, each fitting `budget` payload bytes
+    (just the section itself, encoded, when it fits whole)."""
+    matrices = section.matrices
+    num_tokens = matrices.shape[-1]
 
-    def flush(has_next: bool) -> None:
-        names.append(f"{stem}.html" if not names else f"{stem}-{len(names) + 1}.html")
-        previous = Link(f"← {stem} file {len(names) - 1}", names[-2]) if len(names) > 1 else None
-        following = Link(f"{stem} file {len(names) + 1} →", f"{stem}-{len(names) + 1}.html") if has_next else None
-        navigation = Navigation(Link("Index", INDEX_NAME), None, None, previous, following)
-        page = chunk_page(title, text, pending, navigation, [note], opening=pending[-1].key if open_last else None)
-        write_html(directory / names[-1], render_template("chunk.html", page=page))
+    def encode(slots: tuple[int, ...], rows: Rows) -> tuple[str, ...]:
+        start, end = rows or (0, num_tokens)
+        return (encode_rows(matrices[:, start:end], start, causal),)
 
-    for section in sections:
-        section = section.encoded(text.causal)
-        size = len(section.payload or "")
-        if pending and used + size > budget:
-            flush(has_next=True)
-            pending, used = [], 0
-        pending.append(section)
-        used += size
-    flush(has_next=False)
-    return AnalysisPage(title, tuple(names))
+    pieces = fit(1, encode, budget, lambda slot: section.title, (num_tokens, causal))
+    if len(pieces) == 1:
+        return [replace(section, payload=pieces[0].payloads[0]).encoded(causal)]
+    return [replace(section, key=f"{section.key}-rows-{start}-{end - 1}",
+                    title=f"{section.title} · query rows {start}–{end - 1}",
+                    matrices=matrices[:, start:end], row_start=start, payload=piece.payloads[0]).encoded(causal)
+            for piece in pieces for start, end in [piece.rows or (0, num_tokens)]]
+
+
+@dataclass
+class AnalysisSeries:
+    """Sections of one analysis packed in order into files of at most `budget` payload bytes. A finished file waits
+    until the next one is finished, so that it can link to it by its name (which says what that file holds)."""
+
+    stem: str
+    title: str
+    note: str
+    text: TokenText
+    directory: Path
+    budget: int
+    max_file_mb: float
+    open_last: bool = False  # open each file at its last section (the rollout through the most layers)
+    written: list[Link] = field(default_factory=list)
+    _open: list[Section] = field(default_factory=list)
+    _finished: list[Section] | None = None
+
+    def add(self, section: Section) -> None:
+        """Fit one section and add its pieces to the open file, starting a new file when the budget is reached."""
+        for piece in fitted_sections(section, self.text.causal, self.budget):
+            if self._open and sum(len(s.payload or "") for s in self._open) + len(piece.payload or "") > self.budget:
+                self._finish()
+            self._open.append(piece)
+
+    @property
+    def has_sections(self) -> bool:
+        return bool(self._open or self._finished or self.written)
+
+    def close(self) -> AnalysisFiles:
+        """Write what is left; return the files for the index."""
+        if self._open:
+            self._finish()
+        if self._finished is not None:
+            self._write(self._finished, None, only=not self.written)
+        return AnalysisFiles(self.title, tuple(self.written))
+
+    def _finish(self) -> None:
+        if self._finished is not None:
+            self._write(self._finished, self._open, only=False)
+        self._finished, self._open = self._open, []
+
+    def _name(self, sections: list[Section], only: bool) -> str:
+        ends = (sections[0], sections[-1]) if len(sections) > 1 else (sections[0],)
+        return analysis_name(self.stem, tuple(section.key.removeprefix(f"{self.stem}-") for section in ends), only)
+
+    def _write(self, sections: list[Section], following: list[Section] | None, only: bool) -> None:
+        name = self._name(sections, only)
+        label = sections[0].title if len(sections) == 1 else f"{sections[0].title} to {sections[-1].title}"
+        previous = self.written[-1] if self.written else None
+        after = None if following is None else self._name(following, False)
+        navigation = Navigation(
+            Link("Index", INDEX_NAME), None, None,
+            Link(f"← {previous.label}", previous.href) if previous else None,
+            Link(f"{following[0].title} →", after) if following and after else None)
+        page = chunk_page(f"{self.title}: {label}", self.text, sections, navigation, [self.note],
+                          opening=sections[-1].key if self.open_last else None)
+        html = render_template("chunk.html", page=page)
+        write_page(self.directory / name, html, self.max_file_mb, f"the page {name}")
+        self.written.append(Link(label, name))

@@ -6,13 +6,13 @@ and the index ranks heads by how differently the two captures spread attention o
 When both captures stored neurons, a neurons page shows how the units both stored differ at the aligned tokens.
 Like `render`, this reads one layer of each store at a time and never imports torch.
 
-Pages hold the same head groups as a report's chunk pages; where a page would exceed the size budget, every page
-holds fewer heads (halved until all fit), so the pages form one grid and their links always resolve.
+Pages come from the report plan and the one fitter (`plan`, `fitting`): a report's head groups, cut into fewer heads
+where a page would exceed the size budget, each file named by the heads it holds. Each head of each layer of both
+captures is read once; that pass also gives the divergence ranking.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -24,39 +24,31 @@ from att_report.analysis.alignment import (
     TokenAlignment,
     align_tokens,
     check_comparable,
-    head_divergence,
+    divergence_rows,
+    from_first_difference,
+    head_js,
     prompt_pairs,
 )
-from att_report.atomic import staged_directory
-from att_report.report.chunks import (
-    HEADS_PER_PAGE,
-    INDEX_NAME,
-    Chunk,
-    HeadNaming,
-    head_labels,
-    navigation,
-    part_name,
-    plan_chunks,
-    row_label,
-)
-from att_report.report.encode import SCHEME_DESCRIPTION, encode_rows
-from att_report.errors import UsageError
-from att_report.report.index_page import ChunkLinks, TextToken, index_facts, index_text
 from att_report.analysis.neuron_compare import neuron_differences
+from att_report.atomic import staged_directory
+from att_report.errors import UsageError
+from att_report.report.chunks import INDEX_NAME, Chunk, HeadNaming, plan_chunks, row_label
+from att_report.report.encode import SCHEME_DESCRIPTION, encode_rows
+from att_report.report.fitting import Rows, fit, memory_groups, payload_budget, write_page
+from att_report.report.index_page import ChunkLinks, TextToken, index_facts, index_text
 from att_report.report.neuron_page import PAGE_NAME as NEURON_PAGE
 from att_report.report.neuron_page import comparison_neuron_page
-from att_report.report.render import DEFAULT_MAX_FILE_MB, Part, check_report_target, is_report, part_title, token_text
-from att_report.store import CaptureStore, load
-from att_report.report.templating import render_template, write_html
-from att_report.report.page_types import Link, Navigation
+from att_report.report.page_types import HeadLabel, Link, Navigation
+from att_report.report.plan import FileGrid, Part, chunk_part
+from att_report.report.render import DEFAULT_MAX_FILE_MB, check_report_target, is_report, token_text
+from att_report.report.templating import render_template
 from att_report.report.viewer import Section, SectionView, chunk_page
+from att_report.store import CaptureStore, load
 
 SIDES = ("a", "b")
 MODES = ("observer", "observed")
 # The compare index's <body> carries this, which tells a compare report from a render report.
 INDEX_MARKER = 'data-page="compare-index"'
-_MB = 1_000_000
-_PAGE_SLACK = 16_384  # room for what differs between pages beyond the payloads: titles, links, head labels
 
 
 @dataclass(frozen=True)
@@ -71,9 +63,10 @@ class Comparison:
     def stores(self) -> tuple[CaptureStore, CaptureStore]:
         return self.a, self.b
 
-    def layers(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Yield each layer of both captures, one pair in memory at a time."""
-        yield from zip(self.a.layers(), self.b.layers())
+    def read_heads(self, layer: int, heads: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+        """Both captures' (heads, T, T) squares of `heads` of one layer, read head by head."""
+        return (np.concatenate([self.a.attention(layer, heads=[head]) for head in heads]),
+                np.concatenate([self.b.attention(layer, heads=[head]) for head in heads]))
 
 
 @dataclass(frozen=True)
@@ -107,6 +100,14 @@ class ComparePage:
     sides: tuple[SideView, ...]
     modes: tuple[ModeView, ...]
     data: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class FittedPage:
+    """One planned compare page with both captures' encoded attention."""
+
+    part: Part
+    payloads: tuple[str, str]
 
 
 @dataclass(frozen=True)
@@ -167,9 +168,9 @@ def compare(capture_a: str | Path, capture_b: str | Path, output: str | Path, fo
     a, b = load(capture_a), load(capture_b)
     check_comparable(a, b)
     comparison = Comparison(a, b, align_tokens(a.tokens, b.tokens))
-    grid = page_grid(comparison, max_file_mb)
+    budget = payload_budget(max_file_mb, _fixed_page_bytes(comparison), "both captures' tokens")
     with staged_directory(output) as staging:
-        write_comparison(comparison, grid, staging)
+        write_comparison(comparison, staging, budget, max_file_mb)
     return output
 
 
@@ -178,18 +179,68 @@ def is_compare_report(path: Path) -> bool:
     return is_report(path) and INDEX_MARKER in (path / INDEX_NAME).read_text(encoding="utf-8", errors="replace")
 
 
-def write_comparison(comparison: Comparison, grid: list[list[Chunk]], directory: Path) -> None:
-    """Write every compare page, then the index."""
-    for row, (layer_a, layer_b) in enumerate(comparison.layers()):
-        for column, chunk in enumerate(grid[row]):
-            page = compare_page(comparison, chunk, (layer_a, layer_b), navigation(grid, row, column))
-            write_html(directory / chunk.name, render_template("compare.html", page=page))
-    neurons = write_neuron_page(comparison, directory)
-    index = compare_index(comparison, grid, head_divergence(comparison.a, comparison.b, comparison.alignment), neurons)
-    write_html(directory / INDEX_NAME, render_template("compare_index.html", index=index))
+def write_comparison(comparison: Comparison, directory: Path, budget: int, max_file_mb: float) -> None:
+    """Read each layer of both captures once, head by head: fit and write the compare pages (a row when the next
+    row's files are known, so its links resolve) and score each head's divergence; then the neurons page and the
+    index."""
+    a, b = comparison.stores
+    grid = plan_chunks(a.layer_indices, a.head_indices, "none")
+    rows, keys = divergence_rows(comparison.alignment, a, b)
+    values = np.zeros((len(a.layer_indices), len(a.head_indices)))
+    files = FileGrid()
+    pending: list[FittedPage] = []
+    for row, layer in enumerate(a.layer_indices):
+        fitted: list[FittedPage] = []
+        for chunk in grid[row]:
+            for group in memory_groups(chunk.heads or (), max(a.num_tokens, b.num_tokens)):
+                squares = comparison.read_heads(layer, group)
+                for slot, head in enumerate(group):
+                    values[row, a.head_indices.index(head)] = head_js(squares[0][slot], squares[1][slot], rows, keys)
+                fitted += _fit_pages(comparison, chunk, group, squares, budget)
+        files.rows.append([page.part for page in fitted])
+        if pending:
+            _write_row(comparison, files, row - 1, pending, directory, max_file_mb)
+        pending = fitted
+    _write_row(comparison, files, len(files.rows) - 1, pending, directory, max_file_mb)
+    neurons = write_neuron_page(comparison, directory, max_file_mb)
+    divergence = HeadDivergence(values=values, rows_compared=len(rows))
+    index = compare_index(comparison, files, divergence, neurons)
+    html = render_template("compare_index.html", index=index)
+    write_page(directory / INDEX_NAME, html, max_file_mb, "the comparison's index")
 
 
-def write_neuron_page(comparison: Comparison, directory: Path) -> IndexNeurons | None:
+def _fit_pages(comparison: Comparison, chunk: Chunk, heads: tuple[int, ...],
+               squares: tuple[np.ndarray, np.ndarray], budget: int) -> list[FittedPage]:
+    """Cut a group of heads into pages of fewer heads until both captures' payloads together fit `budget`."""
+    def encode(slots: tuple[int, ...], rows: Rows) -> tuple[str, ...]:
+        return tuple(encode_rows(square[slots[0]:slots[-1] + 1], 0, store.causal)
+                     for store, square in zip(comparison.stores, squares))
+
+    pieces = fit(len(heads), encode, budget,
+                 lambda slot: f"layer {chunk.layer} · head {heads[slot]} of the two captures")
+    return [FittedPage(chunk_part(chunk, tuple(heads[slot] for slot in piece.slots)),
+                       (piece.payloads[0], piece.payloads[1])) for piece in pieces]
+
+
+def _write_row(comparison: Comparison, files: FileGrid, row: int, pages: list[FittedPage], directory: Path,
+               max_file_mb: float) -> None:
+    for page in pages:
+        html = render_template("compare.html", page=compare_page(comparison, page, files.navigation(row, page.part)))
+        what = f"the page {page.part.name} with its links"
+        write_page(directory / page.part.name, html, max_file_mb, what)
+
+
+def _fixed_page_bytes(comparison: Comparison) -> int:
+    """The size of a compare page of one head without attention: scripts, styles and both captures' tokens."""
+    chunk = plan_chunks([0], [0], "none")[0][0]
+    part = chunk_part(chunk, (0,))
+    empty = tuple(encode_rows(np.zeros((1, 1, store.num_tokens), np.float32), 0, store.causal)  # one row: a few bytes
+                  for store in comparison.stores)
+    page = compare_page(comparison, FittedPage(part, (empty[0], empty[1])), FileGrid([[part]]).navigation(0, part))
+    return len(render_template("compare.html", page=page).encode("utf-8"))
+
+
+def write_neuron_page(comparison: Comparison, directory: Path, max_file_mb: float) -> IndexNeurons | None:
     """Write the neurons page when both captures stored neurons and some tokens align; else say why, where one did."""
     numbers = neuron_differences(comparison.a, comparison.b, comparison.alignment)
     if numbers is None:
@@ -197,8 +248,8 @@ def write_neuron_page(comparison: Comparison, directory: Path) -> IndexNeurons |
     if not len(numbers.pairs):
         return IndexNeurons(None, "Both captures stored neurons, but no tokens align, so there is nothing to compare.")
     title = f"Neurons · {comparison.a.path.name} vs {comparison.b.path.name}"
-    write_html(directory / NEURON_PAGE, render_template("neurons.html", page=comparison_neuron_page(
-        numbers, comparison.stores, title)))
+    html = render_template("neurons.html", page=comparison_neuron_page(numbers, comparison.stores, title))
+    write_page(directory / NEURON_PAGE, html, max_file_mb, "the neurons comparison")
     shared = sum(len(layer.units) for layer in numbers.layers)
     return IndexNeurons(NEURON_PAGE, f"How each unit both captures stored differs (B − A) at the aligned tokens: "
                                      f"{shared} shared units over {len(numbers.layers)} layers.")
@@ -214,76 +265,28 @@ def _missing_neurons(comparison: Comparison) -> IndexNeurons | None:
                               f"{lacking} with --neurons as well.")
 
 
-def page_grid(comparison: Comparison, max_file_mb: float) -> list[list[Chunk]]:
-    """Plan the pages: the report's head groups, or, where a page would exceed the budget, fewer heads per page."""
-    budget = _payload_budget(comparison, max_file_mb)
-    per_page = HEADS_PER_PAGE
-    grid = _grid(comparison.a, per_page)
-    for row, layers in enumerate(comparison.layers()):
-        while any(_payload_bytes(comparison, layers, chunk.heads or ()) > budget for chunk in grid[row]):
-            if per_page == 1:
-                raise UsageError(f"one head of layer {row} of the two captures does not fit --max-file-mb "
-                                 f"{max_file_mb:g}; raise it.")
-            per_page //= 2
-            grid = _grid(comparison.a, per_page)
-    return grid
-
-
-def _grid(store: CaptureStore, per_page: int) -> list[list[Chunk]]:
-    """The report's chunks (a layer's group of heads), each cut into pages of at most `per_page` heads."""
-    return [[page for chunk in row for page in _pages(chunk, per_page)]
-            for row in plan_chunks(store.num_layers, store.num_heads, "none")]
-
-
-def _pages(chunk: Chunk, per_page: int) -> list[Chunk]:
-    """Cut a chunk into pages of at most `per_page` heads, named and titled as a report names a split chunk's files."""
-    heads = chunk.heads or ()
-    pages = []
-    for start in range(0, len(heads), per_page):
-        slots = tuple(range(start, min(start + per_page, len(heads))))
-        name = part_name(chunk, tuple(heads[slot] for slot in slots), 0, 1, 1)
-        title = part_title(Part(chunk, slots, 0, 1, name), 1)
-        pages.append(Chunk(chunk.layer, tuple(heads[slot] for slot in slots), name, title, name.removesuffix(".html")))
-    return pages
-
-
-def _payload_bytes(comparison: Comparison, layers: tuple[np.ndarray, np.ndarray], heads: tuple[int, ...]) -> int:
-    return sum(len(encode_rows(layer[list(heads)], 0, store.causal)) for store, layer in zip(comparison.stores, layers))
-
-
-def _payload_budget(comparison: Comparison, max_file_mb: float) -> int:
-    """The payload bytes a page may hold: the budget less what a page of one head holds besides its payloads."""
-    chunk = plan_chunks(1, 1, "none")[0][0]  # a page of one head
-    layers = (comparison.a.attention(0), comparison.b.attention(0))
-    page = compare_page(comparison, chunk, layers, navigation([[chunk]], 0, 0))
-    fixed = len(render_template("compare.html", page=page).encode("utf-8")) + _PAGE_SLACK
-    fixed -= sum(len(side.payload) for side in page.sides)
-    budget = int(max_file_mb * _MB)
-    if fixed >= budget:
-        raise UsageError(f"--max-file-mb {max_file_mb:g} is below what every compare page needs before any attention "
-                         f"({fixed / _MB:.2f} MB for the scripts and both captures' tokens); raise it.")
-    return budget - fixed
-
-
-def compare_page(comparison: Comparison, chunk: Chunk, layers: tuple[np.ndarray, np.ndarray],
-                 nav: Navigation) -> ComparePage:
-    """Encode both captures' heads of one page (each as a chunk page's section would be) and describe the page."""
-    heads = list(chunk.heads or ())
-    labels = head_labels(chunk, HeadNaming(comparison.a.num_heads, comparison.a.num_kv_heads))
-    pages = [chunk_page(chunk.title, token_text(store), [Section(chunk.key, chunk.title, chunk.layer, labels,
-                                                                 layer[heads], 0)], nav)
-             for store, layer in zip(comparison.stores, layers)]
-    sides = tuple(SideView(key, _side_heading(key, store), f"att-payload-{key}", page.first.payload)
-                  for key, store, page in zip(SIDES, comparison.stores, pages))
+def compare_page(comparison: Comparison, fitted: FittedPage, nav: Navigation) -> ComparePage:
+    """Describe one compare page: both captures' heads of one file, each as a chunk page's section would be."""
+    part = fitted.part
+    heads = part.heads or ()
+    naming = HeadNaming(comparison.a.num_heads, comparison.a.num_kv_heads)
+    labels = tuple(HeadLabel(head, naming.label(head)) for head in heads)
+    key = part.name.removesuffix(".html")
+    pages = [chunk_page(part.title, token_text(store), [Section(
+        key, part.title, part.chunk.layer, labels,
+        np.broadcast_to(np.float32(0), (len(heads), store.num_tokens, store.num_tokens)),  # the payload holds them
+        0, payload)], nav) for store, payload in zip(comparison.stores, fitted.payloads)]
+    sides = tuple(SideView(side, _side_heading(side, store), f"att-payload-{side}", page.first.payload)
+                  for side, store, page in zip(SIDES, comparison.stores, pages))
     data = {
-        "key": chunk.key,
+        "key": key,
         "pairs": [list(pair) for pair in comparison.alignment.pairs],
         "sides": {side.key: {**page.data, "sections": [{**page.data["sections"][0], "payload": side.payload_id}]}
                   for side, page in zip(sides, pages)},
     }
     helps = {"observer": pages[0].observer_help, "observed": pages[0].observed_help}
     return ComparePage(
-        title=f"{chunk.title} · A vs B",
+        title=f"{part.title} · A vs B",
         navigation=nav,
         notes=("Weights shown as bytes / 255: each within 1/510 of the captured value.",
                _link_note(comparison)),
@@ -305,16 +308,16 @@ def _link_note(comparison: Comparison) -> str:
             "other side; tokens without a partner are underlined.")
 
 
-def compare_index(comparison: Comparison, grid: list[list[Chunk]], divergence: HeadDivergence,
+def compare_index(comparison: Comparison, files: FileGrid, divergence: HeadDivergence,
                   neurons: IndexNeurons | None) -> CompareIndex:
     """The index: both texts and facts, the alignment, the heads ranked by divergence and as a heatmap, and the
     neurons page or why there is none."""
     a = comparison.a
     naming = HeadNaming(a.num_heads, a.num_kv_heads)
-    hrefs = {(chunk.layer, head): f"{chunk.name}#head={head}"
-             for row in grid for chunk in row for head in chunk.heads or ()}
+    hrefs = {(part.chunk.layer, head): f"{part.name}#head={head}"
+             for row in files.rows for part in row for head in part.heads or ()}
     scores = {
-        (layer, head): HeadScore(rank, layer, head, naming.label(head), repr(value), f"{value:.4f}", f"{value:.2f}",
+        (layer, head): HeadScore(rank, layer, head, naming.label(head), repr(value), f"{value:.4g}", f"{value:.2g}",
                                  hrefs[(layer, head)])
         for rank, (layer, head, value) in enumerate(divergence.ranked(), 1)
     }
@@ -323,17 +326,26 @@ def compare_index(comparison: Comparison, grid: list[list[Chunk]], divergence: H
         sides=tuple(_index_side(key, store, partner)
                     for key, store, partner in zip(SIDES, comparison.stores, comparison.alignment.partner_maps())),
         alignment=_alignment_lines(comparison, divergence),
-        divergence_help=(
-            "Each head's Jensen–Shannon divergence in bits (0: the same, 1: nothing in common) between the two "
-            "captures' attention of each aligned prompt token over the aligned prompt tokens (renormalized), averaged "
-            "over those tokens and computed from the captured weights. Darker: the captures attend more differently."),
+        divergence_help=_divergence_rule(from_first_difference(a, comparison.b)),
         pages_help=SCHEME_DESCRIPTION,
         ranking=tuple(sorted(scores.values(), key=lambda score: score.rank)),
         head_labels=tuple(naming.label(head) for head in range(a.num_heads)),
         heatmap=tuple(tuple(scores[(layer, head)] for head in range(a.num_heads)) for layer in range(a.num_layers)),
-        pages=tuple(ChunkLinks(row_label(row), tuple(Link(chunk.title, chunk.name) for chunk in row)) for row in grid),
+        pages=tuple(ChunkLinks(row_label([part.chunk for part in row]), tuple(Link(part.title, part.name)
+                                                                             for part in row)) for row in files.rows),
         neurons=neurons,
     )
+
+
+def _divergence_rule(first_difference_on: bool) -> str:
+    """State the ranking's rule on the page."""
+    rows = ("from the first token where the two texts differ on (one causal model sees the same tokens before it in "
+            "both captures, so its attention there cannot differ and would only dilute the mean)" if first_difference_on
+            else "all of them (two models, or a bidirectional model, can attend differently at every token)")
+    return ("Each head's Jensen–Shannon divergence in bits (0: the same, 1: nothing in common) between the two "
+            "captures' attention of an aligned prompt token over the aligned prompt tokens (renormalized), averaged "
+            f"over the aligned prompt tokens {rows}, and computed from the captured weights. Colours are relative to "
+            "the largest divergence: darker, the captures attend more differently.")
 
 
 def _index_side(key: str, store: CaptureStore, partner: dict[int, int]) -> IndexSide:
@@ -352,5 +364,8 @@ def _alignment_lines(comparison: Comparison, divergence: HeadDivergence) -> tupl
               f"{b.num_tokens}). Tokens align where both texts have the same token in the same order; the others are "
               "underlined.")]
     if divergence.rows_compared == 0:
-        lines.append("Fewer than two prompt tokens aligned, so no divergence was computed: every head shows 0.")
+        lines.append("No aligned prompt token can attend differently (the prompts agree up to their aligned end, or "
+                     "fewer than two prompt tokens aligned), so no divergence was computed: every head shows 0.")
+    else:
+        lines.append(f"The divergence is averaged over {divergence.rows_compared} aligned prompt tokens.")
     return tuple(lines)

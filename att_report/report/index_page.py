@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from att_report.analysis.metrics import head_metrics
-from att_report.report.chunks import Chunk, HeadNaming
+from att_report.analysis.metrics import HeadMetrics
+from att_report.report.chunks import HeadNaming
 from att_report.report.confidence import StripCell, confidence_strip, token_details
 from att_report.report.encode import SCHEME_DESCRIPTION
 from att_report.report.metrics_view import MetricsView, metrics_view
@@ -18,6 +18,13 @@ from att_report.store import CaptureStore
 from att_report.report.thumbnails import DESCRIPTION as THUMBNAIL_DESCRIPTION
 from att_report.report.thumbnails import thumbnail_size
 from att_report.report.page_types import Link, token_kind
+
+
+# The parts of the index that move to a page of their own when the index would exceed the size budget, in the order
+# they move, with their titles and file names.
+INDEX_PARTS = ("pages", "metrics", "grid")
+PART_PAGES = {"pages": ("Pages", "pages.html"), "metrics": ("Head metrics", "metrics.html"),
+              "grid": ("Every layer × head", "grid.html")}
 
 
 @dataclass(frozen=True)
@@ -68,6 +75,8 @@ class IndexPage:
     metrics: MetricsView
     thumbnails: str
     data: dict[str, Any]
+    shown: tuple[str, ...] = INDEX_PARTS  # the parts on the index itself; the others are pages of their own
+    elsewhere: tuple[Link, ...] = ()  # links to those pages
 
 
 def report_title(store: CaptureStore) -> str:
@@ -76,18 +85,20 @@ def report_title(store: CaptureStore) -> str:
 
 def index_page(
     store: CaptureStore,
-    grid: list[list[Chunk]],
-    hrefs: dict[tuple[int | str, int], str],
+    hrefs: dict[tuple[int, int], str],
     chunk_links: list[ChunkLinks],
     thumbnails: str,
     notes: list[str],
+    metrics: HeadMetrics,
 ) -> IndexPage:
-    """Build the index of a rendered report; `hrefs[(layer, head)]` is where each head of the grid opens."""
+    """Build the index of a rendered report; `hrefs[(layer, head)]` is where each head of the grid opens, and
+    `metrics` and `thumbnails` come from the render's one pass over the store."""
     naming = HeadNaming(store.num_heads, store.num_kv_heads)
+    heads = store.head_indices
     rows = tuple(
-        GridRow(layer, tuple(GridCell(layer * store.num_heads + head, naming.label(head), hrefs[(layer, head)])
-                             for head in range(store.num_heads)))
-        for layer in range(store.num_layers)
+        GridRow(layer, tuple(GridCell(row * len(heads) + column, naming.label(head), hrefs[(layer, head)])
+                             for column, head in enumerate(heads)))
+        for row, layer in enumerate(store.layer_indices)
     )
     return IndexPage(
         title=report_title(store),
@@ -100,7 +111,7 @@ def index_page(
         head_labels=tuple(naming.label(head) for head in range(store.num_heads)),
         grid=rows,
         chunk_links=tuple(chunk_links),
-        metrics=metrics_view(head_metrics(store), [naming.label(head) for head in range(store.num_heads)], hrefs),
+        metrics=metrics_view(metrics, [naming.label(head) for head in range(store.num_heads)], hrefs),
         thumbnails=thumbnails,
         data={"thumbSize": thumbnail_size(store.num_tokens), "layers": store.num_layers, "heads": store.num_heads,
               "details": token_details(store)},

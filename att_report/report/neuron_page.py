@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import zlib
 from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -76,7 +77,7 @@ class NeuronPage:
     """Everything templates/neurons.html formats."""
 
     title: str
-    index_href: str
+    index_href: str | None
     notes: tuple[str, ...]
     layers: tuple[LayerChoice, ...]
     legend: tuple[str, str]  # the ends of the diverging scale
@@ -87,12 +88,15 @@ class NeuronPage:
     data: dict[str, Any]
 
 
-def neuron_page(store: CaptureStore, text: TokenText) -> NeuronPage | None:
-    """Build a report's page from the capture's neuron arrays, or None when it has none."""
+def neuron_page(store: CaptureStore, text: TokenText, index_href: str | None = INDEX_NAME,
+                layers: Sequence[int] | None = None) -> NeuronPage | None:
+    """Build a report's page from the capture's neuron arrays (of the stored `layers` positions, default all), or None
+    when it has none; `index_href` None: the page sits inside a single-file report and links to no index."""
     neurons = store.neurons()
     if neurons is None:
         return None
-    units, values = neurons  # (L, K), (L, T, K)
+    chosen = list(range(len(neurons[0]))) if layers is None else list(layers)
+    units, values = neurons[0][chosen], neurons[1][chosen]  # (L, K), (L, T, K)
     by_unit = tuple(np.ascontiguousarray(layer.T) for layer in values)  # per layer (K, T)
     payload, data = encode_values(NeuronValues(
         text=text,
@@ -102,12 +106,12 @@ def neuron_page(store: CaptureStore, text: TokenText) -> NeuronPage | None:
     ))
     return NeuronPage(
         title=f"Neurons · {store.manifest['model']['name']}",
-        index_href=INDEX_NAME,
+        index_href=index_href,
         notes=((f"Per layer, the {units.shape[1]} hidden units of the layer's output (its residual stream) whose "
                 "activation varies most across the tokens, most varying first. Red is positive, blue negative, each "
                 "unit scaled to its own largest magnitude; the numbers are within 1/254 of that magnitude of the "
                 "captured value."),),
-        layers=tuple(LayerChoice(layer, f"layer {layer}") for layer in range(units.shape[0])),
+        layers=tuple(LayerChoice(position, f"layer {layer}") for position, layer in enumerate(chosen)),
         legend=("−", "+"),
         map_heading="Units × tokens",
         text_heading="Text",

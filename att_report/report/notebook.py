@@ -8,12 +8,13 @@ sandboxed without `allow-same-origin`, so the report's scripts run but cannot to
 
 from __future__ import annotations
 
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from att_report.errors import AttReportError, UsageError
-from att_report.report.chunks import chunk_of, plan_chunks
+from att_report.report.chunks import plan_chunks
 from att_report.report.render import RenderOptions, render
 from att_report.report.templating import render_template
 from att_report.store import CaptureStore, load
@@ -21,6 +22,7 @@ from att_report.store import CaptureStore, load
 DEFAULT_INLINE_MB = 10.0  # a notebook keeps every output it shows; bigger reports fall back to one layer's page
 DEFAULT_HEIGHT = 720
 _HEAD = "<head>"
+_BODY = re.compile(r'<body[^>]*\bdata-layer="(?P<layer>[^"]*)"[^>]*\bdata-heads="(?P<heads>[^"]*)"')
 
 
 @dataclass(frozen=True)
@@ -40,15 +42,17 @@ def inline_report(store_or_path: CaptureStore | str | Path, layer: int | None = 
     """Render a store for the notebook, opened on `layer` and `head` when given."""
     store = store_or_path if isinstance(store_or_path, CaptureStore) else load(store_or_path)
     _check_choice(store, layer, head)
-    grid = plan_chunks(store.num_layers, store.num_heads, "none")
-    chunk = chunk_of(grid, 0 if layer is None else store.layer_indices.index(layer), head or 0)
+    shown_layer = store.layer_indices[0] if layer is None else layer
+    shown_head = store.head_indices[0] if head is None else head
+    grid = plan_chunks(store.layer_indices, store.head_indices, "none")
+    chunk = next(c for c in grid[store.layer_indices.index(shown_layer)] if c.heads is None or shown_head in c.heads)
     with tempfile.TemporaryDirectory(prefix="att-report-inline-") as scratch:
         whole = _single_file(store, Path(scratch) / "report.html", max_mb)
         if whole is not None:
             key = None if layer is None and head is None else chunk.key
             title = f"{store.manifest['model']['name']} · {store.num_layers} layers × {store.num_heads} heads"
             return InlineReport(_opened_at(whole, _query(key, head)), title, height)
-        page = _layer_page(store, Path(scratch) / "report", chunk.name, max_mb)
+        page = _layer_page(store, Path(scratch) / "report", shown_layer, shown_head, max_mb)
     return InlineReport(_opened_at(page, _query(None, head)), f"{chunk.title} (the whole report is over {max_mb:g} "
                         "MB)", height)
 
@@ -62,15 +66,21 @@ def _single_file(store: CaptureStore, output: Path, max_mb: float) -> str | None
     return output.read_text(encoding="utf-8")
 
 
-def _layer_page(store: CaptureStore, folder: Path, name: str, max_mb: float) -> str:
-    """One page of the report folder, pages at most `max_mb` each (a chunk over it is split; `name` is its first
-    file)."""
+def _layer_page(store: CaptureStore, folder: Path, layer: int, head: int, max_mb: float) -> str:
+    """The first page of a report folder (pages at most `max_mb` each) that shows `head` of `layer`, found by the
+    chunk pages' own `<body data-layer data-heads>` (the DOM contract), whatever the fitter named the files."""
     try:
         render(store.path, folder, RenderOptions(max_file_mb=max_mb))
     except UsageError as error:
         raise UsageError(f"the report is over max_mb={max_mb:g} MB even one layer at a time ({error}); "
                          "pass a larger max_mb.") from None
-    return (folder / name).read_text(encoding="utf-8")
+    for path in sorted(folder.glob("layer-*.html")):
+        page = path.read_text(encoding="utf-8")
+        body = _BODY.search(page)
+        if body and body["layer"] == str(layer) and str(head) in body["heads"].split(","):
+            return page
+    raise UsageError(f"the report of {store.path} has no page for layer {layer}, head {head}; render it with "
+                     "att_report.render() and open its index.")
 
 
 def store_html(store: CaptureStore) -> str:

@@ -1,52 +1,49 @@
 """The render stage: a capture store in, a folder of self-contained HTML pages (or one file) out. No torch here.
 
-Layers are read one at a time. Each planned chunk (see `chunks`) becomes one page, or several when its page would
-exceed the size budget: first fewer heads per file, then ranges of query rows. The index comes last, with the
-thumbnails gathered on the way. Pages are written into a staging folder that replaces the target only when whole.
+One pass reads each head of each layer once (see `layer_pass`) and feeds every product from it: the chunk pages,
+fitted to the size budget (`fitting`) and named by what they hold (`plan`), the thumbnails, the head metrics, the
+rollout. A row of chunk pages is written when the next row's files are known, so that its links resolve. The
+analyses and the index come last. Pages are written into a staging folder that replaces the target only when whole.
 """
 
 from __future__ import annotations
 
-import os
 import zipfile
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from att_report.analysis.metrics import overall_mean
-from att_report.report.analysis_pages import AnalysisPage, write_analysis_pages
-from att_report.atomic import PARTIAL_PREFIX, check_replaceable, staged_directory
-from att_report.report.chunks import (
-    INDEX_NAME,
-    Chunk,
-    HeadNaming,
-    chunk_of,
-    head_labels,
-    navigation,
-    part_name,
-    plan_chunks,
-    row_label,
-)
-from att_report.report.encode import encode_rows
+from att_report.atomic import check_replaceable, staged_directory, staged_file
 from att_report.errors import OutputExistsError, UsageError
-from att_report.report.index_page import ChunkLinks, IndexPage, index_page
+from att_report.report.analysis_pages import (
+    ROLLOUT_NOTE,
+    ROLLOUT_TITLE,
+    SALIENCY_NOTE,
+    SALIENCY_TITLE,
+    AnalysisSeries,
+    rollout_omitted,
+    rollout_section,
+    saliency_sections,
+)
+from att_report.report.chunks import INDEX_NAME, Chunk, HeadNaming, head_labels, plan_chunks, row_label
+from att_report.report.encode import encode_rows
+from att_report.report.fitting import MB, PAGE_SLACK, Rows, fit, memory_groups, payload_budget, write_page
+from att_report.report.index_page import INDEX_PARTS, PART_PAGES, ChunkLinks, IndexPage, index_page
+from att_report.report.layer_pass import LayerPass
 from att_report.report.neuron_page import PAGE_NAME as NEURON_PAGE
 from att_report.report.neuron_page import neuron_page
-from att_report.store import CaptureStore, load
-from att_report.report.templating import render_template, write_html
-from att_report.report.thumbnails import layer_thumbnails, pack_thumbnails
-from att_report.report.page_types import Link, MEAN, TokenText
+from att_report.report.page_types import HeadLabel, Link, MEAN, Navigation, TokenText
+from att_report.report.plan import AnalysisFiles, FileGrid, Part, chunk_part
+from att_report.report.templating import render_template
+from att_report.report.thumbnails import pack_thumbnails
 from att_report.report.viewer import Section, chunk_page
+from att_report.store import CaptureStore, load
 
 DEFAULT_MAX_FILE_MB = 10.0
 DEFAULT_SINGLE_FILE_MB = 25.0
 GENERATOR = "att-report"
-_MB = 1_000_000
-# Room left in a page's budget for what the size estimate leaves out (navigation links, notes, titles).
-_PAGE_SLACK = 16_384
 
 
 @dataclass(frozen=True)
@@ -62,15 +59,11 @@ class RenderOptions:
 
 
 @dataclass(frozen=True)
-class Part:
-    """One file of a chunk: which of the chunk's matrices (slots) and which query rows it holds."""
+class FittedPart:
+    """One planned file with its encoded attention."""
 
-    chunk: Chunk
-    slots: tuple[int, ...]
-    row_start: int
-    row_end: int
-    name: str
-    payload: str | None = None  # its attention, encoded once while fitting the size budget
+    part: Part
+    payload: str
 
 
 def render(capture: str | Path, output: str | Path, options: RenderOptions = RenderOptions()) -> Path:
@@ -89,166 +82,165 @@ def render(capture: str | Path, output: str | Path, options: RenderOptions = Ren
     return output
 
 
-def write_report(store: CaptureStore, directory: Path, options: RenderOptions) -> None:
-    """Write every chunk page and the index into `directory`."""
-    grid = plan_chunks(store.num_layers, store.num_heads, options.aggregate)
-    text = token_text(store)
-    budget = payload_budget(store, text, options.max_file_mb)
-    max_bytes = int(options.max_file_mb * _MB)
-
-    def render_row(row: int) -> tuple[list[np.ndarray], dict[str, list[Part]]]:
-        """Write the pages of one grid row; return its thumbnails and files (payloads dropped, they are written)."""
-        source, thumbnails = row_source(store, grid, row)
-        parts_of = {}
-        for column, chunk in enumerate(grid[row]):
-            parts, pages = fit_pages(store, grid, row, column, chunk_matrices(source, chunk), text, budget, max_bytes)
-            for part, html in zip(parts, pages):
-                write_html(directory / part.name, html)
-            parts_of[chunk.name] = [replace(part, payload=None) for part in parts]
-        return thumbnails, parts_of
-
-    thumbnails: list[np.ndarray] = []
-    parts_of: dict[str, list[Part]] = {}  # chunk name -> its files
-    # numpy and zlib release the GIL: two rows render at once, so at most two layers are in memory.
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        for row_thumbnails, row_parts in pool.map(render_row, range(len(grid))):
-            thumbnails += row_thumbnails
-            parts_of.update(row_parts)
-    analyses = write_analysis_pages(store, text, directory, budget)
-    neurons = neuron_page(store, text)
-    if neurons is not None:
-        write_html(directory / NEURON_PAGE, render_template("neurons.html", page=neurons))
-        analyses.append(AnalysisPage("Neuron activations", (NEURON_PAGE,)))
-    index = _index(store, grid, parts_of, pack_thumbnails(thumbnails), analyses)
-    write_html(directory / INDEX_NAME, render_template("index.html", index=index))
-
-
 def token_text(store: CaptureStore) -> TokenText:
     return TokenText(tuple(store.tokens), tuple(store.special), store.prompt_length, store.causal)
 
 
-def row_source(store: CaptureStore, grid: list[list[Chunk]], row: int) -> tuple[np.ndarray, list[np.ndarray]]:
-    """One grid row's attention, a layer's (heads, T, T) or for 'layers' the (1, T, T) mean of all, and the
-    thumbnails of the layers it covers."""
-    if grid[0][0].layer != MEAN:
-        attention = store.attention(row)
-        return attention, [layer_thumbnails(attention)]
-    return overall_mean(store)[np.newaxis], [layer_thumbnails(attention) for attention in store.layers()]
+def write_report(store: CaptureStore, directory: Path, options: RenderOptions) -> None:
+    """Write every chunk page, the analyses and the index into `directory`, reading the store once."""
+    grid = plan_chunks(store.layer_indices, store.head_indices, options.aggregate)
+    text = token_text(store)
+    budget = payload_budget(options.max_file_mb, fixed_page_bytes(store, text),
+                            f"the {store.num_tokens:,} tokens")
+    reader = report_pass(store, options.aggregate)
+    rollout = AnalysisSeries("rollout", ROLLOUT_TITLE, ROLLOUT_NOTE, text, directory, budget, options.max_file_mb,
+                             open_last=True)
+    files = FileGrid()
+    pending: list[FittedPart] = []
+    for layer, fitted in fitted_rows(store, grid, reader, budget):
+        if reader.rollout_so_far is not None:
+            rollout.add(rollout_section(layer, reader.rollout_so_far))
+        if fitted:
+            files.rows.append([file.part for file in fitted])
+            if pending:
+                write_chunk_row(store, files, len(files.rows) - 2, pending, text, directory, options.max_file_mb)
+            pending = fitted
+    write_chunk_row(store, files, len(files.rows) - 1, pending, text, directory, options.max_file_mb)
+    analyses = [rollout.close() if reader.rollout else
+                AnalysisFiles(ROLLOUT_TITLE, (), rollout_omitted(store.num_tokens, len(store.layer_indices)))]
+    saliency = AnalysisSeries("saliency", SALIENCY_TITLE, SALIENCY_NOTE, text, directory, budget, options.max_file_mb)
+    for section in saliency_sections(store):
+        saliency.add(section)
+    if saliency.has_sections:
+        analyses.append(saliency.close())
+    neurons = write_neuron_pages(store, text, directory, options.max_file_mb)
+    if neurons is not None:
+        analyses.append(neurons)
+    write_index(_index(store, grid, files, reader, analyses), directory, options.max_file_mb)
 
 
-def chunk_matrices(source: np.ndarray, chunk: Chunk) -> np.ndarray:
-    """The (n, T, T) matrices a chunk shows: its heads, or the mean over every head of the layer."""
-    if chunk.layer == MEAN:
-        return source
-    if chunk.heads is None:
-        return source.mean(axis=0, keepdims=True)
-    return source[list(chunk.heads)]
+def write_neuron_pages(store: CaptureStore, text: TokenText, directory: Path, max_file_mb: float
+                       ) -> AnalysisFiles | None:
+    """Write the neurons page, or, where it would exceed the budget, pages of fewer layers each (named by their
+    layers); None when the capture has no neurons."""
+    neurons = store.neurons()
+    if neurons is None:
+        return None
+    layers = len(neurons[0])
+
+    def page(slots: tuple[int, ...], rows: Rows) -> tuple[str, ...]:
+        return (render_template("neurons.html", page=neuron_page(store, text, layers=slots)),)
+
+    budget = int(max_file_mb * MB) - PAGE_SLACK  # the pages are measured whole; the slack covers non-ASCII bytes
+    pieces = fit(layers, page, budget, lambda slot: f"the neurons of layer {slot}")
+    files = []
+    for piece in pieces:
+        name = NEURON_PAGE if len(pieces) == 1 else f"neurons-layers-{piece.slots[0]}-{piece.slots[-1]}.html"
+        write_page(directory / name, piece.payloads[0], max_file_mb, "the neurons page")
+        files.append(Link("open" if len(pieces) == 1 else f"layers {piece.slots[0]}–{piece.slots[-1]}", name))
+    return AnalysisFiles("Neuron activations", tuple(files))
 
 
-def payload_budget(store: CaptureStore, text: TokenText, max_file_mb: float) -> int:
-    """The bytes of attention payload a page may hold: the file budget less what every page carries anyway."""
-    fixed = _fixed_page_bytes(text, store) + _PAGE_SLACK
-    budget = int(max_file_mb * _MB)
-    if fixed >= budget:
-        raise UsageError(
-            f"--max-file-mb {max_file_mb:g} is below what every page needs before any attention "
-            f"({fixed / _MB:.2f} MB for the scripts and the {len(text.tokens):,} tokens); raise it."
-        )
-    return budget - fixed
-
-
-def fit_parts(chunk: Chunk, matrices: np.ndarray, causal: bool, budget: int) -> list[Part]:
-    """Split a chunk until every payload fits `budget` bytes: halve the heads, then halve the query rows by cells."""
-    def split(slots: tuple[int, ...], start: int, end: int) -> Iterator[tuple[tuple[int, ...], int, int, str]]:
-        payload = encode_rows(matrices[list(slots), start:end], start, causal)
-        if len(payload) <= budget:
-            yield slots, start, end, payload
-        elif len(slots) > 1:
-            half = len(slots) // 2
-            yield from split(slots[:half], start, end)
-            yield from split(slots[half:], start, end)
-        elif end - start > 1:
-            middle = _balanced_row_split(start, end, causal)
-            yield from split(slots, start, middle)
-            yield from split(slots, middle, end)
-        else:
-            raise UsageError(f"one query row of {chunk.title} does not fit the --max-file-mb budget; raise it.")
-
-    num_tokens = matrices.shape[-1]
-    # The first file keeps the chunk's own name, so the neighbours' links to the chunk resolve however it was split.
-    return [
-        Part(chunk, slots, start, end, chunk.name if number == 0 else
-             part_name(chunk, None if chunk.heads is None else tuple(chunk.heads[s] for s in slots), start, end, num_tokens),
-             payload)
-        for number, (slots, start, end, payload) in enumerate(split(tuple(range(matrices.shape[0])), 0, num_tokens))
-    ]
-
-
-def fit_pages(store: CaptureStore, grid: list[list[Chunk]], row: int, column: int, matrices: np.ndarray,
-              text: TokenText, budget: int, max_bytes: int) -> tuple[list[Part], list[str]]:
-    """Split the chunk at grid[row][column] into pages of at most `max_bytes`. Each part links to every other, which
-    the payload budget does not foresee: when a page overshoots, lower the budget by as much and split again."""
-    chunk = grid[row][column]
+def write_index(index: IndexPage, directory: Path, max_file_mb: float) -> None:
+    """Write the index; where it would exceed the budget, move its parts (the page list, then the metrics) to pages
+    of their own, linked from it."""
+    moved: list[str] = []
     while True:
-        parts = fit_parts(chunk, matrices, store.causal, budget)
-        pages = [_part_html(store, grid, row, column, part, parts, matrices, text) for part in parts]
-        overshoot = max(len(html.encode("utf-8")) for html in pages) - max_bytes
-        if overshoot <= 0:
-            return parts, pages
-        budget -= overshoot
-        if budget <= 0:
-            raise UsageError(f"{chunk.title} splits into so many files that the links between them alone exceed "
-                             f"--max-file-mb {max_bytes / _MB:g}; raise it.")
+        elsewhere = tuple(Link(*PART_PAGES[part]) for part in moved)
+        page = replace(index, shown=tuple(part for part in INDEX_PARTS if part not in moved), elsewhere=elsewhere)
+        html = render_template("index.html", index=page)
+        if len(html.encode("utf-8")) <= max_file_mb * MB or len(moved) == len(INDEX_PARTS):
+            break
+        moved.append(INDEX_PARTS[len(moved)])
+    write_page(directory / INDEX_NAME, html, max_file_mb, "the index")
+    for part in moved:
+        title, name = PART_PAGES[part]
+        html = render_template("index_part.html", index=index, part=part, title=title)
+        write_page(directory / name, html, max_file_mb, f"the index's {title.lower()} page")
 
 
-def _balanced_row_split(start: int, end: int, causal: bool) -> int:
-    """The row that halves the cells of rows start..end-1 (causal rows grow by one cell each)."""
-    if not causal:
-        return (start + end) // 2
-    cells = np.cumsum(np.arange(start, end) + 1)
-    return start + 1 + int(np.searchsorted(cells[:-1], cells[-1] / 2))
+def report_pass(store: CaptureStore, aggregate: str) -> LayerPass:
+    """The pass a report needs: head means only for an aggregate or the rollout."""
+    rollout = not rollout_omitted(store.num_tokens, len(store.layer_indices))
+    return LayerPass(store, keep_means=rollout or aggregate != "none", rollout=rollout)
 
 
-def _fixed_page_bytes(text: TokenText, store: CaptureStore) -> int:
-    """The size of a page holding one tiny section: scripts, styles and token data, without attention."""
-    sample = np.zeros((1, 1, len(text.tokens)), dtype=np.float32)
-    chunk = Chunk(0, (0,), "size.html", "size", "size")
-    part = Part(chunk, (0,), 0, 1, "size.html")
-    grid = [[chunk]]
-    html = _part_html(store, grid, 0, 0, part, [part], sample, text)
-    return len(html.encode("utf-8"))
+def fitted_rows(store: CaptureStore, grid: list[list[Chunk]], reader: LayerPass, budget: int
+                ) -> Iterator[tuple[int, list[FittedPart]]]:
+    """Read the store once, layer by layer, and yield each layer with its row of files fitted to `budget` payload
+    bytes (for aggregate 'layers', none until the last layer, which brings the one mean); the rollout through the
+    layer is ready in `reader` when it is yielded."""
+    aggregate_layers = grid[0][0].layer == MEAN
+    for row, layer in enumerate(store.layer_indices):
+        chunks = [] if aggregate_layers else grid[row]
+        files: list[FittedPart] = []
+        if chunks and chunks[0].heads is not None:
+            for chunk in chunks:
+                for group in memory_groups(chunk.heads or (), store.num_tokens):
+                    files += fit_chunk(chunk, reader.read_heads(layer, group), group, store, budget)
+        else:
+            for head in store.head_indices:
+                reader.read(layer, head)
+        mean = reader.finish_layer()
+        if chunks and chunks[0].heads is None and mean is not None:
+            files = fit_chunk(chunks[0], mean[np.newaxis], None, store, budget)
+        if aggregate_layers and row == len(store.layer_indices) - 1:
+            files = fit_chunk(grid[0][0], reader.overall_mean()[np.newaxis], None, store, budget)
+        yield layer, files
 
 
-def _part_html(store: CaptureStore, grid: list[list[Chunk]], row: int, column: int, part: Part, parts: list[Part],
-               matrices: np.ndarray, text: TokenText) -> str:
-    """Render one file of a chunk, linking its sibling parts."""
-    chunk = part.chunk
+def fit_chunk(chunk: Chunk, squares: np.ndarray, heads: tuple[int, ...] | None, store: CaptureStore, budget: int
+              ) -> list[FittedPart]:
+    """Fit the (n, T, T) `squares` of `heads` (None: the chunk's one mean) into files of at most `budget` bytes."""
+    causal, num_tokens = store.causal, store.num_tokens
+
+    def encode(slots: tuple[int, ...], rows: Rows) -> tuple[str, ...]:
+        start, end = rows or (0, num_tokens)
+        return (encode_rows(squares[slots[0]:slots[-1] + 1, start:end], start, causal),)  # slots are consecutive
+
+    pieces = fit(len(squares), encode, budget,
+                 lambda slot: chunk.title if heads is None else f"layer {chunk.layer} · head {heads[slot]}",
+                 (num_tokens, causal))
+    return [FittedPart(chunk_part(chunk, None if heads is None else tuple(heads[slot] for slot in piece.slots),
+                                  piece.rows), piece.payloads[0])
+            for piece in pieces]
+
+
+def write_chunk_row(store: CaptureStore, files: FileGrid, row: int, fitted: list[FittedPart], text: TokenText,
+                    directory: Path, max_file_mb: float) -> None:
+    """Write the files of one row of the grid, now that the rows around it are known."""
+    for file in fitted:
+        html = part_html(store, file, files.navigation(row, file.part), text)
+        what = f"the page {file.part.name} with its links"
+        write_page(directory / file.part.name, html, max_file_mb, what)
+
+
+def part_section(store: CaptureStore, file: FittedPart) -> Section:
+    """The viewer section of one planned file: its heads' labels, its rows and its payload, keyed by its name."""
+    part = file.part
     naming = HeadNaming(store.num_heads, store.num_kv_heads)
-    labels = head_labels(chunk, naming)
-    section = Section(
-        key=part.name.removesuffix(".html"),
-        title=part_title(part, len(text.tokens)),
-        layer=chunk.layer,
-        heads=tuple(labels[slot] for slot in part.slots),
-        matrices=matrices[list(part.slots), part.row_start:part.row_end],
-        row_start=part.row_start,
-        payload=part.payload,
-    )
-    siblings = tuple(Link(part_title(other, len(text.tokens)), other.name) for other in parts) if len(parts) > 1 else ()
-    nav = replace(navigation(grid, row, column), parts=siblings)
-    page = chunk_page(f"{section.title} · {store.manifest['model']['name']}", text, [section], nav,
-                      page_notes(store, part, len(parts)))
+    labels = head_labels(part.chunk, naming) if part.heads is None else tuple(
+        HeadLabel(head, naming.label(head)) for head in part.heads)
+    start, end = part.rows or (0, store.num_tokens)
+    shape = (len(labels), end - start, store.num_tokens)  # a stand-in: the payload holds the weights
+    return Section(key=part.name.removesuffix(".html"), title=part.title, layer=part.chunk.layer, heads=labels,
+                   matrices=np.broadcast_to(np.float32(0), shape), row_start=part.row_start, payload=file.payload)
+
+
+def part_html(store: CaptureStore, file: FittedPart, nav: Navigation, text: TokenText) -> str:
+    """Render one file of a chunk."""
+    page = chunk_page(f"{file.part.title} · {store.manifest['model']['name']}", text, [part_section(store, file)], nav,
+                      page_notes(store, file.part, len(nav.parts)))
     return render_template("chunk.html", page=page)
 
 
-def part_title(part: Part, num_tokens: int) -> str:
-    title = part.chunk.title
-    if part.chunk.heads is not None and len(part.slots) < len(part.chunk.heads):
-        heads = [part.chunk.heads[slot] for slot in part.slots]
-        title = title.split(" · heads")[0] + (f" · head {heads[0]}" if len(heads) == 1 else f" · heads {heads[0]}–{heads[-1]}")
-    if (part.row_start, part.row_end) != (0, num_tokens):
-        title += f" · query rows {part.row_start}–{part.row_end - 1}"
-    return title
+def fixed_page_bytes(store: CaptureStore, text: TokenText) -> int:
+    """The size of a chunk page holding one tiny section: scripts, styles and token data, without attention."""
+    chunk = Chunk(0, (0,), "size", "size")
+    part = chunk_part(chunk, (0,), (0, 1))
+    empty = FittedPart(part, encode_rows(np.zeros((1, 1, store.num_tokens), np.float32), 0, store.causal))
+    files = FileGrid([[part]])
+    return len(part_html(store, empty, files.navigation(0, part), text).encode("utf-8"))
 
 
 def page_notes(store: CaptureStore, part: Part, part_count: int) -> list[str]:
@@ -257,32 +249,28 @@ def page_notes(store: CaptureStore, part: Part, part_count: int) -> list[str]:
     if part.chunk.is_mean:
         notes.append("The mean is taken over the captured weights, then quantized once.")
     if part_count > 1:
-        notes.append(f"This chunk is split into {part_count} files to stay under the size budget; the others are linked below.")
+        notes.append(f"This chunk is split into {part_count} files to stay under the size budget; the others are "
+                     "linked below.")
     return notes
 
 
-def _index(store: CaptureStore, grid: list[list[Chunk]], parts_of: dict[str, list[Part]], thumbnails: str,
-           analyses: list[AnalysisPage]) -> IndexPage:
+def _index(store: CaptureStore, grid: list[list[Chunk]], files: FileGrid, reader: LayerPass,
+           analyses: list[AnalysisFiles]) -> IndexPage:
     """The index view-model, its grid cells opening the file that holds each head's first rows."""
+    aggregate_layers = grid[0][0].layer == MEAN
     hrefs = {}
-    for layer in range(store.num_layers):
-        for head in range(store.num_heads):
-            chunk = chunk_of(grid, layer, head)
-            if chunk.heads is None:
-                hrefs[(layer, head)] = parts_of[chunk.name][0].name
-            else:
-                part = next(part for part in parts_of[chunk.name] if head in [chunk.heads[s] for s in part.slots])
-                hrefs[(layer, head)] = f"{part.name}#head={head}"
-    links = [ChunkLinks(row_label(row), tuple(Link(part_title(part, store.num_tokens), part.name)
-                                              for chunk in row for part in parts_of[chunk.name]))
-             for row in grid]
-    links += [ChunkLinks(page.title, tuple(Link(f"file {number}" if len(page.files) > 1 else "open", name)
-                                          for number, name in enumerate(page.files, 1)))
-              for page in analyses]
-    split = sum(len(parts) > 1 for parts in parts_of.values())
-    notes = [f"{split} of {len(parts_of)} chunks exceeded the size budget and were split into files of fewer heads "
-             "or fewer query rows."] if split else []
-    return index_page(store, grid, hrefs, links, thumbnails, notes)
+    for row, layer in enumerate(store.layer_indices):
+        for head in store.head_indices:
+            part = files.file_of(0 if aggregate_layers else row, head)
+            hrefs[(layer, head)] = part.name if part.heads is None else f"{part.name}#head={head}"
+    links = [ChunkLinks(row_label([part.chunk for part in parts]), tuple(Link(part.title, part.name) for part in parts))
+             for parts in files.rows]
+    links += [ChunkLinks(page.title, page.files) for page in analyses if page.files]
+    split, chunks = files.split_chunks()
+    notes = [f"{split} of {chunks} chunks exceeded the size budget and were split into files of fewer heads or fewer "
+             "query rows; each file's name says which heads and rows it holds."] if split else []
+    notes += [page.omitted for page in analyses if page.omitted]
+    return index_page(store, hrefs, links, pack_thumbnails(reader.thumbnails), notes, reader.head_metrics())
 
 
 def check_render_target(output: Path, options: RenderOptions) -> None:
@@ -332,16 +320,11 @@ def check_report_target(output: Path, force: bool, is_ours: Callable[[Path], boo
 def zip_report(folder: Path) -> Path:
     """Pack a report folder into FOLDER.zip beside it, deterministically (sorted names, fixed dates)."""
     target = folder.with_name(folder.name + ".zip")
-    staging = target.with_name(f"{PARTIAL_PREFIX}{target.name}.{os.getpid()}")
-    try:
-        with zipfile.ZipFile(staging, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as archive:
-            for path in sorted(folder.iterdir()):
-                info = zipfile.ZipInfo(f"{folder.name}/{path.name}", date_time=(1980, 1, 1, 0, 0, 0))
-                info.compress_type = zipfile.ZIP_DEFLATED
-                info.external_attr = 0o644 << 16
-                archive.writestr(info, path.read_bytes())
-        os.replace(staging, target)
-    except BaseException:
-        staging.unlink(missing_ok=True)
-        raise
+    with staged_file(target) as staging, zipfile.ZipFile(staging, "w", compression=zipfile.ZIP_DEFLATED,
+                                                         compresslevel=9) as archive:
+        for path in sorted(folder.iterdir()):
+            info = zipfile.ZipInfo(f"{folder.name}/{path.name}", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o644 << 16
+            archive.writestr(info, path.read_bytes())
     return target

@@ -1,30 +1,48 @@
 """The whole report as one HTML file for a bug ticket: the index on top, every chunk a section decoded on demand.
 
-Sections are the same chunks a report folder has (see `chunks`), unsplit; the grid and the section selector open
-them through the page's fragment (#section=KEY&head=H). The file is refused, before it is written, when it would
-exceed its size budget, with the options that make it fit.
+The file has every view the folder has, from the same plan and the same one pass over the store (see `render`):
+the chunk sections (named as the folder's files; a chunk is cut only where one section would exceed the file's
+budget), rollout and saliency sections, and the neurons page, embedded whole as an isolated frame. The grid and the
+section selector open sections through the page's fragment (#section=KEY&head=H). The file is refused, before it is
+written, when it would exceed its size budget, with the options that make it fit.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-import numpy as np
 
-from att_report.report.analysis_pages import rollout_sections, saliency_sections
-from att_report.atomic import PARTIAL_PREFIX, check_replaceable
-from att_report.report.chunks import Chunk, HeadNaming, chunk_of, head_labels, plan_chunks, row_label
+from att_report.atomic import check_replaceable, staged_file
 from att_report.errors import OutputExistsError, UsageError
+from att_report.report.analysis_pages import (
+    ROLLOUT_TITLE,
+    SALIENCY_TITLE,
+    fitted_sections,
+    rollout_omitted,
+    rollout_section,
+    saliency_sections,
+)
+from att_report.report.chunks import plan_chunks, row_label
+from att_report.report.fitting import MB, payload_budget
 from att_report.report.index_page import ChunkLinks, index_page, report_title
-from att_report.report.render import GENERATOR, RenderOptions, chunk_matrices, row_source, token_text
-from att_report.store import CaptureStore
+from att_report.report.neuron_page import neuron_page
+from att_report.report.page_types import Link, MEAN, Navigation
+from att_report.report.plan import FileGrid
+from att_report.report.render import (
+    GENERATOR,
+    RenderOptions,
+    fitted_rows,
+    fixed_page_bytes,
+    part_section,
+    report_pass,
+    token_text,
+)
 from att_report.report.templating import render_template
 from att_report.report.thumbnails import pack_thumbnails
-from att_report.report.page_types import Link, Navigation
 from att_report.report.viewer import Section, chunk_page
+from att_report.store import CaptureStore
 
-_MB = 1_000_000
+NEURONS_ANCHOR = "neurons"
 
 
 def check_single_file_target(output: Path, force: bool) -> None:
@@ -36,56 +54,70 @@ def check_single_file_target(output: Path, force: bool) -> None:
 
 def render_single_file(store: CaptureStore, output: Path, options: RenderOptions) -> Path:
     """Write the report as one file at `output`, or say how to make it fit the budget."""
-    budget = int(options.single_file_mb * _MB)
-    grid = plan_chunks(store.num_layers, store.num_heads, options.aggregate)
-    naming = HeadNaming(store.num_heads, store.num_kv_heads)
-    thumbnails: list[np.ndarray] = []
+    limit = int(options.single_file_mb * MB)
+    text = token_text(store)
+    budget = payload_budget(options.single_file_mb, fixed_page_bytes(store, text), f"the {store.num_tokens:,} tokens",
+                            "--single-file-mb")
+    grid = plan_chunks(store.layer_indices, store.head_indices, options.aggregate)
+    reader = report_pass(store, options.aggregate)
+    files = FileGrid()
     sections: list[Section] = []
-    payload_bytes = 0
+    rollout: list[Section] = []
 
-    def add(section: Section, layers_done: int) -> None:
-        """Keep a section encoded, or refuse as soon as the file would exceed its budget."""
-        nonlocal payload_bytes
-        section = section.encoded(store.causal)
-        payload_bytes += len(section.payload or "")
-        if payload_bytes > budget:
+    def add(new: list[Section], layers_done: int) -> None:
+        """Keep encoded sections, or refuse as soon as the file would exceed its budget."""
+        sections.extend(new)
+        if sum(len(section.payload or "") for section in sections) > budget:
             raise UsageError(_too_large(store, options, layers_done))
-        sections.append(section)
 
-    for row in range(len(grid)):
-        source, row_thumbnails = row_source(store, grid, row)
-        thumbnails += row_thumbnails
-        for chunk in grid[row]:
-            add(Section(chunk.key, chunk.title, chunk.layer, head_labels(chunk, naming), chunk_matrices(source, chunk),
-                        0), row + 1)
-    analyses: list[ChunkLinks] = []
-    for title, extra in (("Attention rollout", rollout_sections(store)), ("Gradient saliency", saliency_sections(store))):
-        links = []
-        for section in extra:
-            add(section, store.num_layers)
-            links.append(Link(section.title, f"#section={section.key}"))
-        if links:
-            analyses.append(ChunkLinks(title, tuple(links)))
-    hrefs = {(layer, head): _fragment(grid, layer, head) for layer in range(store.num_layers)
-             for head in range(store.num_heads)}
-    links = [ChunkLinks(row_label(chunks), tuple(Link(chunk.title, f"#section={chunk.key}") for chunk in chunks))
-             for chunks in grid] + analyses
-    index = index_page(store, grid, hrefs, links, pack_thumbnails(thumbnails), [])
+    for done, (layer, fitted) in enumerate(fitted_rows(store, grid, reader, budget), 1):
+        if fitted:
+            files.rows.append([file.part for file in fitted])
+            add([part_section(store, file) for file in fitted], done)
+        if reader.rollout_so_far is not None:
+            pieces = fitted_sections(rollout_section(layer, reader.rollout_so_far), store.causal, budget)
+            rollout += pieces
+            add(pieces, done)
+    saliency = [piece for section in saliency_sections(store)
+                for piece in fitted_sections(section, store.causal, budget)]
+    add(saliency, len(store.layer_indices))
+    analyses = [ChunkLinks(title, tuple(Link(section.title, f"#section={section.key}") for section in extra))
+                for title, extra in ((ROLLOUT_TITLE, rollout), (SALIENCY_TITLE, saliency)) if extra]
+    neurons = neuron_page(store, text, index_href=None)
+    neurons_html = render_template("neurons.html", page=neurons) if neurons is not None else None
+    if neurons_html is not None:
+        analyses.append(ChunkLinks("Neuron activations", (Link("open", f"#{NEURONS_ANCHOR}"),)))
+    links = [ChunkLinks(row_label([part.chunk for part in parts]),
+                        tuple(Link(part.title, f"#section={_key(part.name)}") for part in parts))
+             for parts in files.rows] + analyses
+    omitted = rollout_omitted(store.num_tokens, len(store.layer_indices))
+    index = index_page(store, _fragments(store, files, grid[0][0].layer == MEAN), links,
+                       pack_thumbnails(reader.thumbnails), [omitted] if omitted else [], reader.head_metrics())
     navigation = Navigation(index=Link("Overview", "#top"), prev_layer=None, next_layer=None, prev_group=None,
                             next_group=None)
-    page = chunk_page(report_title(store), token_text(store), sections, navigation,
+    page = chunk_page(report_title(store), text, sections, navigation,
                       ["Choose a layer and heads in the grid or the section list; each is decoded when first shown."])
-    html = render_template("single.html", page=page, index=index).encode("utf-8")
-    if len(html) > budget:
-        raise UsageError(_too_large(store, options, store.num_layers))
-    _write_atomically(output, html)
+    html = render_template("single.html", page=page, index=index, neurons=neurons_html,
+                           neurons_anchor=NEURONS_ANCHOR).encode("utf-8")
+    if len(html) > limit:
+        raise UsageError(_too_large(store, options, len(store.layer_indices)))
+    with staged_file(output) as staging:
+        staging.write_bytes(html)
     return output
 
 
-def _fragment(grid: list[list[Chunk]], layer: int, head: int) -> str:
-    """Where the grid cell of (layer, head) points inside the single file."""
-    chunk = chunk_of(grid, layer, head)
-    return f"#section={chunk.key}" + ("" if chunk.heads is None else f"&head={head}")
+def _key(name: str) -> str:
+    return name.removesuffix(".html")
+
+
+def _fragments(store: CaptureStore, files: FileGrid, aggregate_layers: bool) -> dict[tuple[int, int], str]:
+    """Where the grid cell of each (layer, head) points inside the single file."""
+    fragments = {}
+    for row, layer in enumerate(store.layer_indices):
+        for head in store.head_indices:
+            part = files.file_of(0 if aggregate_layers else row, head)
+            fragments[(layer, head)] = f"#section={_key(part.name)}" + ("" if part.heads is None else f"&head={head}")
+    return fragments
 
 
 def _too_large(store: CaptureStore, options: RenderOptions, layers_done: int) -> str:
@@ -104,15 +136,3 @@ def _is_single_file_report(path: Path) -> bool:
     except OSError:
         return False
     return f'<meta name="generator" content="{GENERATOR}">' in head
-
-
-def _write_atomically(output: Path, html: bytes) -> None:
-    """Write beside the target and rename, so a crash never leaves half a file under the real name."""
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = output.with_name(f"{PARTIAL_PREFIX}{output.name}.{os.getpid()}")
-    try:
-        staging.write_bytes(html)
-        os.replace(staging, output)
-    except BaseException:
-        staging.unlink(missing_ok=True)
-        raise

@@ -25,12 +25,17 @@ def thumbnail_size(num_tokens: int) -> int:
 
 
 def layer_thumbnails(attention: np.ndarray) -> np.ndarray:
-    """Turn one layer's (heads, T, T) attention into (heads, S, S) bytes, S = thumbnail_size(T)."""
+    """Turn (heads, T, T) attention into (heads, S, S) bytes, S = thumbnail_size(T).
+
+    One pass over the T x T cells: each row's maximum per block of columns first; the row's own maximum is the
+    largest of those, and dividing by a positive number keeps the order, so scaling the block maxima gives exactly
+    the block maxima of the scaled rows."""
     tokens = attention.shape[-1]
-    row_max = attention.max(axis=-1, keepdims=True)
-    scaled = attention / np.where(row_max > 0, row_max, 1)
     starts = np.linspace(0, tokens, thumbnail_size(tokens) + 1).round().astype(np.int64)[:-1]
-    pooled = np.maximum.reduceat(np.maximum.reduceat(scaled, starts, axis=1), starts, axis=2)
+    columns = np.maximum.reduceat(attention, starts, axis=2)  # (heads, T, S)
+    row_max = columns.max(axis=-1, keepdims=True)
+    scaled = columns / np.where(row_max > 0, row_max, 1)
+    pooled = np.maximum.reduceat(scaled, starts, axis=1)
     return np.rint(np.clip(pooled, 0, 1) * 255).astype(np.uint8)
 
 
