@@ -68,7 +68,7 @@ def test_report_pages_work_in_firefox(tmp_path: Path) -> None:
         truth = store.attention(layer)[int(page["head"]), TOKEN]
         assert len(page["weights"]) == len(TOKENS)
         assert np.abs(np.array(page["weights"]) - truth).max() <= BOUND
-    assert seen["inline"]["head"] == "2" and seen["inline"]["frameUrl"] == "about:srcdoc#section=L1-H0-2&head=2"
+    assert seen["inline"]["head"] == "2" and seen["inline"]["frameUrl"] == "about:srcdoc#section=layer-01-heads-0-2&head=2"
     assert seen["inline"]["clickedUrl"] == "about:srcdoc" + seen["inline"]["clicked"]
     assert seen["inline"]["parentUrl"] == inline.as_uri()
     for export in (seen["index"]["gridPng"], seen["chunk"]["matrixPng"]):

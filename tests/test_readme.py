@@ -30,8 +30,9 @@ STAND_INS: dict[str | None, str] = {
     None: "qwen2",  # no --model: the embedded SmolLM2-135M-Instruct, a chat model
 }
 FEW_TOKENS = ["--max-new-tokens", "4"]
-# Setup and development commands: installing, the CI script, the test suite itself, the benchmark.
-NOT_RUN = (["pip"], ["bash", ".ci/run"], ["python", "-m", "pytest"], ["python", "examples/benchmark.py"])
+# Setup and development commands: installing, the CI script, the test suite itself, the benchmark, packaging.
+NOT_RUN = (["pip"], ["bash", ".ci/run"], ["python", "-m", "pytest"], ["python", "examples/benchmark.py"],
+           ["python", "-m", "build"])
 # The input files the commands read, as a user would have written them.
 INPUT_FILES = {
     "q.txt": "What does a transformer attend to?",
