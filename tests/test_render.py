@@ -443,6 +443,24 @@ def test_zip_holds_exactly_the_folder(gqa: Path) -> None:
     assert held == {f"report/{name}": content for name, content in snapshot(gqa).items()}
 
 
+def test_zip_replaces_only_a_report_archive(capsys: pytest.CaptureFixture[str], gqa_store: Path,
+                                            tmp_path: Path) -> None:
+    stranger = tmp_path / "report.zip"
+    stranger.write_bytes(b"someone's archive")
+    line = refused(capsys, ["render", str(gqa_store), "-o", str(tmp_path / "report"), "--zip", "--force"])
+    assert "report.zip" in line and "not an att-report report archive" in line
+    assert stranger.read_bytes() == b"someone's archive" and not (tmp_path / "report").exists()
+
+    stranger.unlink()
+    render_cli(gqa_store, tmp_path / "report", "--zip")
+    earlier = stranger.read_bytes()
+    shutil.rmtree(tmp_path / "report")
+    line = refused(capsys, ["render", str(gqa_store), "-o", str(tmp_path / "report"), "--zip"])
+    assert "report.zip" in line and "--force" in line and not (tmp_path / "report").exists()
+    render_cli(gqa_store, tmp_path / "report", "--zip", "--force")
+    assert stranger.read_bytes() == earlier
+
+
 # ---------------------------------------------------------------------------------------------- single file
 
 

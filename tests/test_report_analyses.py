@@ -332,8 +332,12 @@ def test_each_page_says_what_its_matrices_are(page: Any, llama: tuple[CaptureSto
     open_report_page(page, report, name, "body[data-shown]")
     text = page.inner_text("main")  # what a reader sees: hidden elements are left out
     assert words in text
+    selector = page.inner_text("[data-section-heads]:not([hidden]) .att-label")
     if name != "layer-00-heads-0-3.html":
         assert not [phrase for phrase in ATTENTION_WORDS if phrase in text]
+        assert selector == "Matrix"  # no head is chosen here
+    else:
+        assert selector == "Head"
     assert shown_options(page) == options
     assert_clean(page)
 

@@ -291,7 +291,7 @@ def residual_step(mean: np.ndarray) -> np.ndarray:
 def rollout(store: CaptureStore) -> Iterator[np.ndarray]:
     """Yield the (T, T) attention rollout after each stored layer: A_hat_l @ ... @ A_hat_0 (Abnar & Zuidema 2020).
 
-    float32: the stored weights are float16 (2^-11 relative) or bytes (1/255) and the page quantizes to 1/510,
+    float32: the stored weights are float16 (2^-11 relative) or bytes (1/255) and the page shows bytes (1/255),
     while a float32 product of row-stochastic matrices drifts by about 1e-6 over 30 layers; float32 halves memory
     (a few (T, T) matrices) and doubles the matrix product's speed. Each row sums to 1; a causal rollout stays
     exactly lower-triangular, since every term above the diagonal has a zero factor.

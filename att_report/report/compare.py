@@ -33,7 +33,7 @@ from att_report.analysis.neuron_compare import neuron_differences
 from att_report.atomic import staged_directory
 from att_report.errors import UsageError
 from att_report.report.chunks import INDEX_NAME, Chunk, HeadNaming, plan_chunks, row_label
-from att_report.report.encode import SCHEME_DESCRIPTION, encode_rows
+from att_report.report.encode import PAGE_PRECISION_NOTE, SCHEME_DESCRIPTION, encode_rows
 from att_report.report.fitting import Rows, fit, memory_groups, payload_budget, write_page
 from att_report.report.index_page import ChunkLinks, TextToken, index_facts, index_text
 from att_report.report.neuron_page import PAGE_NAME as NEURON_PAGE
@@ -288,7 +288,7 @@ def compare_page(comparison: Comparison, fitted: FittedPage, nav: Navigation) ->
     return ComparePage(
         title=f"{part.title} · A vs B",
         navigation=nav,
-        notes=("Weights shown as bytes / 255: each within 1/510 of the captured value.",
+        notes=(PAGE_PRECISION_NOTE,
                _link_note(comparison)),
         heads=pages[0].first,
         sides=sides,

@@ -43,6 +43,8 @@ SCHEME_DESCRIPTION = (
     "no mass is lost to rounding; causal matrices keep only their lower triangle, and the bytes are "
     "deflate-compressed and base64-encoded inside the page."
 )
+PAGE_PRECISION_NOTE = ("Weights shown as bytes / 255 with error diffusion: each weight, and each run of consecutive "
+                       "weights, within 1/255 of the captured value.")
 
 
 def encode_rows(matrices: np.ndarray, row_start: int, causal: bool) -> str:

@@ -28,7 +28,7 @@ from att_report.report.analysis_pages import (
     saliency_sections,
 )
 from att_report.report.chunks import INDEX_NAME, Chunk, HeadNaming, head_labels, plan_chunks, row_label
-from att_report.report.encode import encode_rows
+from att_report.report.encode import PAGE_PRECISION_NOTE, encode_rows
 from att_report.report.fitting import MB, PAGE_SLACK, Rows, fit, memory_groups, payload_budget, write_page
 from att_report.report.index_page import INDEX_PARTS, PART_PAGES, ChunkLinks, IndexPage, index_page
 from att_report.report.layer_pass import LayerPass
@@ -245,7 +245,7 @@ def fixed_page_bytes(store: CaptureStore, text: TokenText) -> int:
 
 def page_notes(store: CaptureStore, part: Part, part_count: int) -> list[str]:
     """What a reader of one page must know: how exact the numbers are, and whether the chunk was split."""
-    notes = [f"Weights shown as bytes / 255: each within 1/510 of the captured {store.attention_dtype} value."]
+    notes = [PAGE_PRECISION_NOTE]
     if part.chunk.is_mean:
         notes.append("The mean is taken over the captured weights, then quantized once.")
     if part_count > 1:
@@ -282,9 +282,8 @@ def check_render_target(output: Path, options: RenderOptions) -> None:
         check_single_file_target(output, options.force)
         return
     check_report_target(output, options.force)
-    zipped = output.with_name(output.name + ".zip")
-    if options.zip and zipped.exists() and not options.force:
-        raise OutputExistsError(f"{zipped} already exists; choose another output path or pass --force to replace it.")
+    if options.zip:
+        check_replaceable(_zip_path(output), options.force, _is_report_zip, "report archive")
 
 
 def _check_options(options: RenderOptions) -> None:
@@ -310,16 +309,26 @@ def check_report_target(output: Path, force: bool, is_ours: Callable[[Path], boo
                         kind: str = "report") -> None:
     """Refuse to replace anything but an earlier report that `is_ours` accepts (with --force); an empty folder is
     simply used."""
-    if output.is_dir() and not output.is_symlink() and not any(output.iterdir()):
-        return  # an empty folder: the staged report simply takes its place
     if output.exists() and not output.is_dir():
         raise OutputExistsError(f"{output} is a file; give a folder path for the {kind}.")
     check_replaceable(output, force, is_ours, kind)
 
 
+def _zip_path(folder: Path) -> Path:
+    return folder.with_name(folder.name + ".zip")
+
+
+def _is_report_zip(path: Path) -> bool:
+    """Whether `path` is an archive `zip_report` wrote: a zip holding FOLDER/index.html."""
+    if not path.is_file() or not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return f"{path.stem}/index.html" in archive.namelist()
+
+
 def zip_report(folder: Path) -> Path:
     """Pack a report folder into FOLDER.zip beside it, deterministically (sorted names, fixed dates)."""
-    target = folder.with_name(folder.name + ".zip")
+    target = _zip_path(folder)
     with staged_file(target) as staging, zipfile.ZipFile(staging, "w", compression=zipfile.ZIP_DEFLATED,
                                                          compresslevel=9) as archive:
         for path in sorted(folder.iterdir()):

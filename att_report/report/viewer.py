@@ -57,6 +57,7 @@ class SectionView:
     payload_id: str
     payload: str
     choices: tuple[HeadChoice, ...]
+    selector_label: str  # "Head" for attention; "Matrix" for what no head holds (a rollout, a saliency map)
     layer_attr: str
     heads_attr: str
     rows_note: str
@@ -144,6 +145,7 @@ def _section_view(position: int, section: Section, text: TokenText) -> SectionVi
         payload_id=f"att-payload-{position}",
         payload=section.payload or encode_rows(section.matrices, section.row_start, text.causal),
         choices=heads,
+        selector_label="Head" if section.reading == ATTENTION else "Matrix",
         layer_attr=str(section.layer),
         heads_attr=",".join(str(label.index) for label in section.heads),
         rows_note=_rows_note(section.row_start, section.matrices.shape[1], len(text.tokens)),
