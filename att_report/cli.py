@@ -80,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("-o", "--output", required=True, type=Path,
                         help="the report folder to write (with --single-file: the HTML file)")
     add_render_arguments(render)
+    render.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress lines")
     render.set_defaults(handler=run_render_command)
 
     run = commands.add_parser("run", help="capture, then render: one command from prompt to report")
@@ -126,7 +127,7 @@ def add_render_arguments(parser: argparse.ArgumentParser) -> None:
 
 def render_options_from(args: argparse.Namespace) -> RenderOptions:
     return RenderOptions(aggregate=args.aggregate, max_file_mb=args.max_file_mb, single_file=args.single_file,
-                         single_file_mb=args.single_file_mb, zip=args.zip, force=args.force)
+                         single_file_mb=args.single_file_mb, zip=args.zip, force=args.force, progress=args.progress)
 
 
 def add_capture_arguments(parser: argparse.ArgumentParser) -> None:
@@ -285,7 +286,7 @@ def run_run_command(args: argparse.Namespace) -> int:
 
 def run_demo_command(args: argparse.Namespace) -> int:
     """Capture the built-in chat prompt with the embedded model and render it."""
-    options = RenderOptions(force=args.force)
+    options = RenderOptions(force=args.force, progress=args.progress)
     check_render_target(args.output, options)
     from att_report.capturing.pipeline import capture_with_config
 

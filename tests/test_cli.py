@@ -3,6 +3,8 @@ gives, the help it prints, and a bug reported as a bug."""
 
 from __future__ import annotations
 
+import io
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,6 +15,7 @@ import att_report
 from att_report import cli
 from att_report.cli import main
 from att_report.errors import InternalError
+from att_report.report.progress import LayerProgress, clock
 
 TOKENS = ["The", " sky", " is", " blue", "."]
 
@@ -33,6 +36,24 @@ def run_cli(capfd: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, st
 def one_error_line(code: int, stderr: str) -> str:
     assert code != 0 and stderr.count("\n") == 1 and stderr.startswith("att-report: error: "), stderr
     return stderr
+
+
+def test_render_reports_its_progress_on_stderr_unless_asked_not_to(capture: Path, tmp_path: Path,
+                                                                    capfd: pytest.CaptureFixture[str]) -> None:
+    """Not a terminal: one line when the pass ends (and one per REPORT_EVERY_S before it), never on stdout."""
+    layers = len(att_report.load(capture).layer_indices)
+    code, stdout, stderr = run_cli(capfd, "render", str(capture), "-o", str(tmp_path / "report"))
+    assert code == 0 and "rendering" not in stdout
+    assert re.fullmatch(rf"rendering: layer {layers} of {layers}, \d+:\d\d elapsed\n", stderr), stderr
+    code, _, stderr = run_cli(capfd, "render", str(capture), "-o", str(tmp_path / "quiet"), "--no-progress")
+    assert code == 0 and stderr == ""
+
+
+def test_progress_estimates_the_time_left_from_the_mean_layer_time() -> None:
+    progress = LayerProgress(30, "rendering", enabled=True, stream=io.StringIO())
+    progress.done = 10
+    assert progress.line(125.0) == "rendering: layer 10 of 30, 2:05 elapsed, about 4:10 left"  # 12.5 s a layer x 20
+    assert clock(3 * 3600 + 61) == "3:01:01"
 
 
 def test_render_says_where_to_open_the_report(capture: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:

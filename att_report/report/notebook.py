@@ -60,7 +60,7 @@ def inline_report(store_or_path: CaptureStore | str | Path, layer: int | None = 
 def _single_file(store: CaptureStore, output: Path, max_mb: float) -> str | None:
     """The single-file report, or None when it would be over `max_mb` (render refuses it before writing)."""
     try:
-        render(store.path, output, RenderOptions(single_file=True, single_file_mb=max_mb))
+        render(store.path, output, RenderOptions(single_file=True, single_file_mb=max_mb, progress=False))
     except UsageError:
         return None
     return output.read_text(encoding="utf-8")
@@ -70,7 +70,7 @@ def _layer_page(store: CaptureStore, folder: Path, layer: int, head: int, max_mb
     """The first page of a report folder (pages at most `max_mb` each) that shows `head` of `layer`, found by the
     chunk pages' own `<body data-layer data-heads>` (the DOM contract), whatever the fitter named the files."""
     try:
-        render(store.path, folder, RenderOptions(max_file_mb=max_mb))
+        render(store.path, folder, RenderOptions(max_file_mb=max_mb, progress=False))
     except UsageError as error:
         raise UsageError(f"the report is over max_mb={max_mb:g} MB even one layer at a time ({error}); "
                          "pass a larger max_mb.") from None

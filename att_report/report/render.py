@@ -36,6 +36,7 @@ from att_report.report.neuron_page import PAGE_NAME as NEURON_PAGE
 from att_report.report.neuron_page import neuron_page
 from att_report.report.page_types import HeadLabel, Link, MEAN, Navigation, TokenText
 from att_report.report.plan import AnalysisFiles, FileGrid, Part, chunk_part
+from att_report.report.progress import LayerProgress
 from att_report.report.templating import render_template
 from att_report.report.thumbnails import pack_thumbnails
 from att_report.report.viewer import Section, chunk_page
@@ -56,6 +57,7 @@ class RenderOptions:
     single_file_mb: float = DEFAULT_SINGLE_FILE_MB
     zip: bool = False
     force: bool = False
+    progress: bool = True  # a line on stderr per step of layers, with the time left
 
 
 @dataclass(frozen=True)
@@ -97,7 +99,7 @@ def write_report(store: CaptureStore, directory: Path, options: RenderOptions) -
                              open_last=True)
     files = FileGrid()
     pending: list[FittedPart] = []
-    for layer, fitted in fitted_rows(store, grid, reader, budget):
+    for layer, fitted in fitted_rows(store, grid, reader, budget, options.progress):
         if reader.rollout_so_far is not None:
             rollout.add(rollout_section(layer, reader.rollout_so_far))
         if fitted:
@@ -165,12 +167,13 @@ def report_pass(store: CaptureStore, aggregate: str) -> LayerPass:
     return LayerPass(store, keep_means=rollout or aggregate != "none", rollout=rollout)
 
 
-def fitted_rows(store: CaptureStore, grid: list[list[Chunk]], reader: LayerPass, budget: int
+def fitted_rows(store: CaptureStore, grid: list[list[Chunk]], reader: LayerPass, budget: int, progress: bool
                 ) -> Iterator[tuple[int, list[FittedPart]]]:
     """Read the store once, layer by layer, and yield each layer with its row of files fitted to `budget` payload
     bytes (for aggregate 'layers', none until the last layer, which brings the one mean); the rollout through the
-    layer is ready in `reader` when it is yielded."""
+    layer is ready in `reader` when it is yielded. With `progress`, say on stderr how far the pass is."""
     aggregate_layers = grid[0][0].layer == MEAN
+    shown = LayerProgress(len(store.layer_indices), "rendering", progress)
     for row, layer in enumerate(store.layer_indices):
         chunks = [] if aggregate_layers else grid[row]
         files: list[FittedPart] = []
@@ -186,6 +189,7 @@ def fitted_rows(store: CaptureStore, grid: list[list[Chunk]], reader: LayerPass,
             files = fit_chunk(chunks[0], mean[np.newaxis], None, store, budget)
         if aggregate_layers and row == len(store.layer_indices) - 1:
             files = fit_chunk(grid[0][0], reader.overall_mean()[np.newaxis], None, store, budget)
+        shown.advance()
         yield layer, files
 
 

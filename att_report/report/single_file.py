@@ -70,7 +70,7 @@ def render_single_file(store: CaptureStore, output: Path, options: RenderOptions
         if sum(len(section.payload or "") for section in sections) > budget:
             raise UsageError(_too_large(store, options, layers_done))
 
-    for done, (layer, fitted) in enumerate(fitted_rows(store, grid, reader, budget), 1):
+    for done, (layer, fitted) in enumerate(fitted_rows(store, grid, reader, budget, options.progress), 1):
         if fitted:
             files.rows.append([file.part for file in fitted])
             add([part_section(store, file) for file in fitted], done)
