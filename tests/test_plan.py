@@ -185,8 +185,9 @@ def test_render_peak_memory_does_not_grow_with_the_number_of_layers(tmp_path: Pa
         write_synthetic_store(tmp_path / f"store-{layers}", tokens_for(tokens), tokens - 10, layers, heads,
                               causal=True, seed=layers)
         peaks[layers] = peak_rss_kb(tmp_path / f"store-{layers}", tmp_path / f"report-{layers}")
-    # Holding every layer would add twelve layers' squares (188 MiB); one pass holds one head at a time.
-    assert peaks[16] - peaks[4] < layer_kb / 2, peaks
+    # Holding every layer would add twelve layers' squares (188 MiB); one pass holds one head at a time, and what
+    # does grow with the layers (thumbnails, metrics, the index's lists, the allocator's slack) stays under one square.
+    assert peaks[16] - peaks[4] < layer_kb, peaks
 
 
 def test_divergence_rows_start_at_the_first_difference(tmp_path: Path) -> None:

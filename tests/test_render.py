@@ -52,6 +52,7 @@ def render_cli(capture: Path, output: Path, *flags: str) -> Path:
 
 def refused(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
     """Run the command line, expecting a refusal: non-zero code and exactly one error line on stderr."""
+    capsys.readouterr()  # what earlier commands printed
     code = main(argv)
     err = capsys.readouterr().err
     assert code != 0
