@@ -26,6 +26,7 @@ import zlib
 import numpy as np
 
 from att_report.errors import InternalError
+from att_report.store.codec import diffuse
 
 QUANT_LEVELS = 255
 ERROR_BOUND = 1 / 255  # each weight shown, against the captured one
@@ -54,13 +55,29 @@ def encode_rows(matrices: np.ndarray, row_start: int, causal: bool) -> str:
             f"The matrices to encode have shape {matrices.shape}; expected (heads, rows, tokens), so pass a 3-D array."
         )
     _check_rows(row_start, matrices.shape[1], matrices.shape[2])
-    mask = _column_mask(row_start, matrices.shape[1], matrices.shape[2], causal)
-    cells = quantize(np.asarray(matrices)).transpose(0, 2, 1)[:, mask].reshape(-1)
-    positions = np.flatnonzero(cells)
+    cell_count, positions, values = _nonzero_cells(quantize(np.asarray(matrices)), row_start, causal)
     gaps = np.diff(positions, prepend=-1) - 1
-    header = len(cells).to_bytes(4, "little") + len(positions).to_bytes(4, "little")
-    raw = header + _gap_bytes(gaps) + cells[positions].tobytes()
+    header = cell_count.to_bytes(4, "little") + len(positions).to_bytes(4, "little")
+    raw = header + _gap_bytes(gaps) + values.tobytes()
     return base64.b64encode(zlib.compress(raw, COMPRESSION_LEVEL)).decode("ascii")
+
+
+def _nonzero_cells(steps: np.ndarray, row_start: int, causal: bool) -> tuple[int, np.ndarray, np.ndarray]:
+    """The kept cells' count, and the positions and bytes of the non-zero ones in payload order: head by head, key
+    by key, the rows that key is kept in (a causal key k from row max(k, row_start) on). Found from the (head, row,
+    key) array's few non-zero bytes (a row has at most 255), never by gathering every cell in column order."""
+    heads, rows, tokens = steps.shape
+    first = np.maximum(np.arange(tokens), row_start) - row_start if causal else np.zeros(tokens, dtype=np.int64)
+    kept = np.maximum(rows - first, 0)
+    column_starts = np.cumsum(kept) - kept
+    per_head = int(kept.sum())
+    head, row, key = np.nonzero(steps)
+    if causal:  # bytes above the diagonal are zero for causal weights; never let one shift the others
+        below = row >= first[key]
+        head, row, key = head[below], row[below], key[below]
+    positions = head * per_head + column_starts[key] + (row - first[key])
+    order = np.argsort(positions)
+    return heads * per_head, positions[order], steps[head, row, key][order]
 
 
 def _gap_bytes(gaps: np.ndarray) -> bytes:
@@ -142,15 +159,8 @@ def quantize(matrices: np.ndarray) -> np.ndarray:
     out = np.empty(rows.shape, dtype=np.uint8)
     step = max(1, _BLOCK_CELLS // rows.shape[1])  # bounds the float64 scratch whatever the size
     for start in range(0, len(rows), step):
-        out[start:start + step] = _diffuse(rows[start:start + step])
+        out[start:start + step] = diffuse(rows[start:start + step])  # the store's error diffusion, to the byte
     return out.reshape(values.shape)
-
-
-def _diffuse(rows: np.ndarray) -> np.ndarray:
-    """Quantize a block of rows: the differences of the rounded running sums of 255 * w (clipped to [0, 1])."""
-    scaled = np.clip(rows, 0.0, 1.0).astype(np.float64) * QUANT_LEVELS
-    totals = np.rint(np.cumsum(scaled, axis=1, out=scaled), out=scaled)
-    return np.clip(np.diff(totals, axis=1, prepend=0.0), 0, QUANT_LEVELS).astype(np.uint8)
 
 
 def _column_mask(row_start: int, row_count: int, num_tokens: int, causal: bool) -> np.ndarray:
