@@ -19,10 +19,13 @@ import numpy as np
 import pytest
 from synthetic import write_synthetic_store
 from test_viewer_browser import SLACK, hover, numbers, weights
-from test_viewer_page import Walk
+from test_render import decoded_sections
+from test_viewer_page import Walk, tokens_for
 
 import att_report
+from att_report.analysis.metrics import rollout_rows
 from att_report.report.encode import ERROR_BOUND
+from att_report.report.plan import ROLLOUT_MAX_TOKENS
 from att_report.report.render import render
 from att_report.store import CaptureStore
 
@@ -294,6 +297,28 @@ def test_rollout_page_shows_the_rollout_of_each_layer(page: Any, llama: tuple[Ca
             hover(page, "observer", query)
             assert np.abs(numbers(weights(page, "observer")) - expected[layer][query]).max() <= ERROR_BOUND + SLACK
     assert_clean(page)
+
+
+def test_long_capture_shows_the_last_rows_of_the_rollout_through_every_layer(tmp_path: Path) -> None:
+    """Past ROLLOUT_MAX_TOKENS the whole rollout is not computed: the page holds the rollout through the last layer
+    for the completion and the prompt's last token, equal to those rows of the full product computed here, and the
+    index says what was left out and why."""
+    count = ROLLOUT_MAX_TOKENS + 40
+    write_synthetic_store(tmp_path / "capture", tokens_for(count), prompt_length=count - 6, num_layers=3,
+                          num_heads=2, seed=5)
+    store = att_report.load(tmp_path / "capture")
+    expected = residual_rollout(store)[-1][count - 7:]
+    assert np.abs(rollout_rows(store, range(count - 7, count)) - expected).max() < 1e-5
+    report = render(store.path, tmp_path / "report", att_report.RenderOptions(progress=False))
+    (section, shown), = decoded_sections(Walk((report / "rollout.html").read_text(encoding="utf-8")))
+    assert (section["rowStart"], section["rowCount"], section["layer"]) == (count - 7, 7, "2")
+    assert np.abs(shown[0] - expected).max() <= ERROR_BOUND + 1e-6
+    assert np.abs(shown[0].sum(axis=-1) - 1).max() <= ERROR_BOUND  # error diffusion keeps each row's mass
+    index = (report / "index.html").read_text(encoding="utf-8")
+    assert "shown through the last layer only" in index and f"{count:,} tokens" in index
+    single = render(store.path, tmp_path / "single.html", att_report.RenderOptions(single_file=True, progress=False))
+    held = {found["key"]: matrix for found, matrix in decoded_sections(Walk(single.read_text(encoding="utf-8")))}
+    assert np.array_equal(held["rollout-L2"], shown)  # the single file holds the same rows
 
 
 @pytest.mark.browser

@@ -288,6 +288,20 @@ def residual_step(mean: np.ndarray) -> np.ndarray:
     return step / step.sum(axis=-1, keepdims=True)
 
 
+def rollout_rows(store: CaptureStore, rows: range) -> np.ndarray:
+    """Rows `rows` of the rollout through every stored layer, float32 (len(rows), T): the one-hot rows times
+    A_hat_L, then A_hat_(L-1), ..., down to A_hat_0 (one layer's head mean in memory at a time).
+
+    Equal to those rows of the last matrix `rollout` yields, at 2·k·T² flops a layer instead of 2·T³: at 8,192 tokens
+    and 30 layers, about 0.5 TFLOP for 128 rows against 33 for the whole rollout.
+    """
+    product = np.zeros((len(rows), store.num_tokens), dtype=np.float32)
+    product[np.arange(len(rows)), np.asarray(rows)] = 1.0
+    for layer in reversed(store.layer_indices):
+        product = product @ residual_step(layer_mean(store, layer))
+    return product
+
+
 def rollout(store: CaptureStore) -> Iterator[np.ndarray]:
     """Yield the (T, T) attention rollout after each stored layer: A_hat_l @ ... @ A_hat_0 (Abnar & Zuidema 2020).
 

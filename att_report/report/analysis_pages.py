@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from att_report.analysis.metrics import rollout_rows
 from att_report.report.chunks import INDEX_NAME
 from att_report.report.fitting import Rows, fit, write_page
 from att_report.report.encode import encode_rows
@@ -27,6 +28,7 @@ from att_report.report.viewer import Section, chunk_page
 from att_report.store import CaptureStore
 
 ROLLOUT_TITLE, SALIENCY_TITLE = "Attention rollout", "Gradient saliency"
+ROLLOUT_ROWS = 128  # query rows of the rollout at length: 2 * 128 * T^2 flops a layer
 ROLLOUT_NOTE = (
     "Attention rollout (Abnar & Zuidema, 2020): each layer's head mean with the residual connection, "
     "0.5 · A + 0.5 · I with rows renormalized, multiplied through the layers up to the one shown. Row t: how much "
@@ -41,13 +43,30 @@ SALIENCY_KINDS = (("grad_norm", "gradient norm"), ("grad_x_input", "|gradient ×
 
 
 def rollout_omitted(num_tokens: int, num_layers: int) -> str:
-    """Why a capture this long has no rollout page, or "" when it has one."""
+    """What a capture this long leaves out of the rollout, and why, or "" when the page has all of it."""
     if num_tokens <= ROLLOUT_MAX_TOKENS:
         return ""
     tflop = 2 * num_tokens ** 3 * num_layers / 1e12
-    return (f"Attention rollout is left out: at {num_tokens:,} tokens it multiplies {num_layers} matrices of "
-            f"{num_tokens:,} × {num_tokens:,} (about {tflop:,.0f} TFLOP); it is computed up to "
+    return (f"Attention rollout is shown through the last layer only, for the last {ROLLOUT_ROWS} or fewer query "
+            f"rows (the completion and the prompt's last token): at {num_tokens:,} tokens the whole rollout through "
+            f"each layer multiplies {num_layers} matrices of {num_tokens:,} × {num_tokens:,} (about {tflop:,.0f} "
+            f"TFLOP), while those rows take one vector-matrix product a layer. The whole rollout is computed up to "
             f"{ROLLOUT_MAX_TOKENS:,} tokens.")
+
+
+def length_rollout_rows(store: CaptureStore) -> range:
+    """The query rows a long capture's rollout shows: the completion and the prompt's last token (a prompt alone, or
+    an encoder: the last tokens), at most ROLLOUT_ROWS of them, the last ones."""
+    first = store.prompt_length - 1 if store.num_tokens > store.prompt_length else 0
+    return range(max(first, store.num_tokens - ROLLOUT_ROWS), store.num_tokens)
+
+
+def length_rollout_section(store: CaptureStore) -> Section:
+    """The rollout through the last stored layer for `length_rollout_rows` only (see rollout_omitted)."""
+    rows = length_rollout_rows(store)
+    layer = store.layer_indices[-1]
+    section = rollout_section(layer, rollout_rows(store, rows))
+    return replace(section, title=f"{section.title} · query rows {rows.start}–{rows.stop - 1}", row_start=rows.start)
 
 
 def saliency_shares(matrix: np.ndarray) -> np.ndarray:
@@ -74,20 +93,21 @@ def saliency_sections(store: CaptureStore) -> Iterator[Section]:
 def fitted_sections(section: Section, causal: bool, budget: int) -> list[Section]:
     """Cut one section of a single matrix into encoded sections of query rows, each fitting `budget` payload bytes
     (just the section itself, encoded, when it fits whole)."""
-    matrices = section.matrices
-    num_tokens = matrices.shape[-1]
+    matrices, first = section.matrices, section.row_start
+    held = (first, first + matrices.shape[1])  # the query rows the section holds
 
     def encode(slots: tuple[int, ...], rows: Rows) -> tuple[str, ...]:
-        start, end = rows or (0, num_tokens)
-        return (encode_rows(matrices[:, start:end], start, causal),)
+        start, end = rows or held
+        return (encode_rows(matrices[:, start - first:end - first], start, causal),)
 
-    pieces = fit(1, encode, budget, lambda slot: section.title, (num_tokens, causal))
+    pieces = fit(1, encode, budget, lambda slot: section.title, (matrices.shape[-1], causal), held)
     if len(pieces) == 1:
         return [replace(section, payload=pieces[0].payloads[0]).encoded(causal)]
     return [replace(section, key=f"{section.key}-rows-{start}-{end - 1}",
                     title=f"{section.title} · query rows {start}–{end - 1}",
-                    matrices=matrices[:, start:end], row_start=start, payload=piece.payloads[0]).encoded(causal)
-            for piece in pieces for start, end in [piece.rows or (0, num_tokens)]]
+                    matrices=matrices[:, start - first:end - first], row_start=start,
+                    payload=piece.payloads[0]).encoded(causal)
+            for piece in pieces for start, end in [piece.rows or held]]
 
 
 @dataclass

@@ -54,24 +54,25 @@ def payload_budget(max_file_mb: float, fixed: int, what: str, flag: str = "--max
 
 
 def fit(count: int, encode: Encode, budget: int, title: Callable[[int], str],
-        row_split: tuple[int, bool] | None = None) -> list[Piece]:
+        row_split: tuple[int, bool] | None = None, rows: Rows = None) -> list[Piece]:
     """Cut `count` matrices (or other things a page shows, such as layers) into pieces whose payloads fit `budget`
     bytes: halve the slots, then, given `row_split` (the token count and whether the matrices are causal), the query
-    rows. `title(slot)` names a matrix for the refusal when it cannot be cut enough.
+    rows (all of them, or the range `rows` the matrices hold). `title(slot)` names a matrix for the refusal when it
+    cannot be cut enough.
 
     Iterative, not a recursive closure: a closure that calls itself is a reference cycle, which would keep the
     caller's matrices alive until the garbage collector happens to run."""
     pieces: list[Piece] = []
-    pending: list[tuple[tuple[int, ...], Rows]] = [(tuple(range(count)), None)]
+    pending: list[tuple[tuple[int, ...], Rows]] = [(tuple(range(count)), rows)]
     while pending:
-        slots, rows = pending.pop()
-        piece = Piece(slots, rows, encode(slots, rows))
-        span = None if row_split is None else rows or (0, row_split[0])
+        slots, piece_rows = pending.pop()
+        piece = Piece(slots, piece_rows, encode(slots, piece_rows))
+        span = None if row_split is None else piece_rows or (0, row_split[0])
         if piece.size <= budget:
             pieces.append(piece)
         elif len(slots) > 1:
             half = len(slots) // 2
-            pending += [(slots[half:], rows), (slots[:half], rows)]
+            pending += [(slots[half:], piece_rows), (slots[:half], piece_rows)]
         elif row_split is not None and span is not None and span[1] - span[0] > 1:
             middle = balanced_row_split(span[0], span[1], row_split[1])
             pending += [(slots, (middle, span[1])), (slots, (span[0], middle))]

@@ -128,7 +128,8 @@ def _part_links(siblings: list[Part], part: Part) -> tuple[Link, ...]:
 
 @dataclass(frozen=True)
 class AnalysisFiles:
-    """An analysis page as the index lists it: its title, its files and, when it was left out, why."""
+    """An analysis page as the index lists it: its title, its files and, when part of it was left out, what and
+    why."""
 
     title: str
     files: tuple[Link, ...]

@@ -23,6 +23,7 @@ from att_report.report.analysis_pages import (
     SALIENCY_NOTE,
     SALIENCY_TITLE,
     AnalysisSeries,
+    length_rollout_section,
     rollout_omitted,
     rollout_section,
     saliency_sections,
@@ -108,8 +109,9 @@ def write_report(store: CaptureStore, directory: Path, options: RenderOptions) -
                 write_chunk_row(store, files, len(files.rows) - 2, pending, text, directory, options.max_file_mb)
             pending = fitted
     write_chunk_row(store, files, len(files.rows) - 1, pending, text, directory, options.max_file_mb)
-    analyses = [rollout.close() if reader.rollout else
-                AnalysisFiles(ROLLOUT_TITLE, (), rollout_omitted(store.num_tokens, len(store.layer_indices)))]
+    if not reader.rollout:  # at length: the last rows through every layer, from a second pass in reverse
+        rollout.add(length_rollout_section(store))
+    analyses = [replace(rollout.close(), omitted=rollout_omitted(store.num_tokens, len(store.layer_indices)))]
     saliency = AnalysisSeries("saliency", SALIENCY_TITLE, SALIENCY_NOTE, text, directory, budget, options.max_file_mb)
     for section in saliency_sections(store):
         saliency.add(section)

@@ -18,6 +18,7 @@ from att_report.report.analysis_pages import (
     ROLLOUT_TITLE,
     SALIENCY_TITLE,
     fitted_sections,
+    length_rollout_section,
     rollout_omitted,
     rollout_section,
     saliency_sections,
@@ -78,6 +79,9 @@ def render_single_file(store: CaptureStore, output: Path, options: RenderOptions
             pieces = fitted_sections(rollout_section(layer, reader.rollout_so_far), store.causal, budget)
             rollout += pieces
             add(pieces, done)
+    if not reader.rollout:  # at length: the last rows through every layer, from a second pass in reverse
+        rollout = fitted_sections(length_rollout_section(store), store.causal, budget)
+        add(rollout, len(store.layer_indices))
     saliency = [piece for section in saliency_sections(store)
                 for piece in fitted_sections(section, store.causal, budget)]
     add(saliency, len(store.layer_indices))
