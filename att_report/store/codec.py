@@ -51,10 +51,20 @@ def to_float16(values: np.ndarray) -> np.ndarray:
 def encode_chunk(cells: np.ndarray) -> bytes:
     """Zero-run code a flat uint8 array and compress it: the number of zeros before each non-zero byte as four
     little-endian byte planes (every low byte, then every second byte, ...), then the non-zero bytes; zlib."""
-    positions = np.flatnonzero(cells)
+    positions = _nonzero_positions(cells)
     gaps = np.diff(positions, prepend=-1) - 1
     planes = gaps.astype("<u4").view(np.uint8).reshape(-1, 4).T
     return zlib.compress(planes.tobytes() + cells[positions].tobytes(), ZLIB_LEVEL)
+
+
+def _nonzero_positions(cells: np.ndarray) -> np.ndarray:
+    """np.flatnonzero of a flat uint8 array, 2x faster where non-zero bytes are sparse (the diffused rows: at most
+    255 per row): find the non-zero 8-byte words first, then the bytes inside those only."""
+    padded = np.zeros(-(-cells.size // 8) * 8, dtype=np.uint8)
+    padded[: cells.size] = cells
+    words = np.flatnonzero(padded.view(np.uint64))
+    inside = np.flatnonzero(padded.view(np.uint64)[words].view(np.uint8))
+    return words[inside >> 3] * 8 + (inside & 7)
 
 
 def decode_chunk(chunk: bytes, size: int, where: str) -> np.ndarray:
