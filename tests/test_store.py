@@ -16,7 +16,7 @@ import pytest
 
 import att_report
 from att_report.atomic import staged_directory
-from att_report.store.codec import to_float16
+from att_report.store.codec import decode_chunk, encode_chunk, to_float16
 from att_report.store import (
     COMPACT_FROM_TOKENS,
     LayerWriter,
@@ -400,6 +400,16 @@ def test_writer_never_holds_a_layer(tmp_path: Path) -> None:
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
         assert peak < heads * size * (size + 1) // 4, (dtype, peak)  # a quarter of the float16 layer
+
+
+@pytest.mark.parametrize("size", [0, 5, 8, 4093, 65536])
+def test_chunks_round_trip_sparse_and_dense(size: int) -> None:
+    """The zero-run coder finds non-zero bytes through 8-byte words when they are rare and directly when not, a
+    tail shorter than a word included; either way the chunk decodes to the same cells."""
+    rng = np.random.default_rng(size)
+    for share in (0.001, 0.03, 0.5, 1.0):
+        cells = np.where(rng.random(size) < share, rng.integers(1, 256, size), 0).astype(np.uint8)
+        np.testing.assert_array_equal(decode_chunk(encode_chunk(cells), size, "chunk"), cells)
 
 
 def test_fast_float16_rounding_equals_numpy_bit_for_bit() -> None:

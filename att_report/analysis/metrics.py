@@ -114,11 +114,12 @@ class HeadAccumulator:
         the last."""
         half = 1 << (31 - MEDIAN_BITS)  # the first top-bits value with the sign bit set
         for offset, head_cells in enumerate(cells):
-            counts = np.bincount((head_cells.view(np.uint32) >> MEDIAN_BITS).ravel(), minlength=2 * half)
+            counts = np.bincount((head_cells.view(np.uint32) >> MEDIAN_BITS).ravel(), minlength=MEDIAN_BINS)
             histogram = self.histogram[heads.start + offset]
             histogram += counts[:MEDIAN_BINS]
-            histogram[0] += counts[half:].sum()
-            histogram[-1] += counts[MEDIAN_BINS: half].sum()
+            if len(counts) > MEDIAN_BINS:  # only for weights outside [0, 1]
+                histogram[0] += counts[half:].sum()
+                histogram[-1] += counts[MEDIAN_BINS: half].sum()
         self.histogram[heads, 0] -= ignored
 
     def finite(self) -> bool:

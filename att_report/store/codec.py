@@ -58,13 +58,14 @@ def encode_chunk(cells: np.ndarray) -> bytes:
 
 
 def _nonzero_positions(cells: np.ndarray) -> np.ndarray:
-    """np.flatnonzero of a flat uint8 array, 2x faster where non-zero bytes are sparse (the diffused rows: at most
-    255 per row): find the non-zero 8-byte words first, then the bytes inside those only."""
-    padded = np.zeros(-(-cells.size // 8) * 8, dtype=np.uint8)
-    padded[: cells.size] = cells
-    words = np.flatnonzero(padded.view(np.uint64))
-    inside = np.flatnonzero(padded.view(np.uint64)[words].view(np.uint8))
-    return words[inside >> 3] * 8 + (inside & 7)
+    """np.flatnonzero of a flat uint8 array, twice as fast where non-zero bytes are rare (diffused rows at length:
+    at most 255 per row): find the non-zero 8-byte words first, then look inside those only."""
+    whole = cells.size // 8 * 8
+    words = np.flatnonzero(cells[:whole].view(np.uint64))
+    if 4 * len(words) > whole // 8:  # dense: the words would not save a pass
+        return np.flatnonzero(cells)
+    inside = np.flatnonzero(cells[:whole].view(np.uint64)[words].view(np.uint8))
+    return np.concatenate([words[inside >> 3] * 8 + (inside & 7), whole + np.flatnonzero(cells[whole:])])
 
 
 def decode_chunk(chunk: bytes, size: int, where: str) -> np.ndarray:
