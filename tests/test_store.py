@@ -16,6 +16,7 @@ import pytest
 
 import att_report
 from att_report.atomic import staged_directory
+from att_report.cli import main
 from att_report.store.codec import decode_chunk, encode_chunk, to_float16
 from att_report.store import (
     COMPACT_FROM_TOKENS,
@@ -116,7 +117,7 @@ DAMAGES: dict[str, tuple[Callable[[Path], None], str]] = {
                     r"lists 1 layer files for 2 layers"),
     "layer shape": (edit_manifest(set_key("attention", "head_indices", [0, 1])),
                     r"layer-000\.npy holds float16 \(3, 21\), expected float16 \(2, 21\)"),
-    "not a directory": (lambda path: None, r"is not a directory"),
+    "manifest given": (lambda path: None, r"is a capture's manifest; give the capture directory that holds it, /"),
     "missing layer count": (edit_manifest(lambda manifest: manifest["model"].pop("num_layers")),
                             r"lacks a valid 'model\.num_layers'"),
     "missing prompt length": (edit_manifest(lambda manifest: manifest["tokens"].pop("prompt_length")),
@@ -159,10 +160,38 @@ DAMAGES: dict[str, tuple[Callable[[Path], None], str]] = {
 def test_damaged_store_is_refused_naming_the_problem(damage: str, store: Path) -> None:
     change, message = DAMAGES[damage]
     change(store)
-    target = store / "manifest.json" if damage == "not a directory" else store
+    target = store / "manifest.json" if damage == "manifest given" else store
     with pytest.raises(att_report.AttReportError, match=message) as raised:
         att_report.load(target)
     assert str(target) in str(raised.value)
+
+
+def test_a_report_a_file_or_nothing_is_refused_in_one_line_naming_the_fix(store: Path, tmp_path: Path) -> None:
+    report = tmp_path / "report"
+    assert main(["render", str(store), "-o", str(report)]) == 0
+    note = tmp_path / "notes.txt"
+    note.write_text("not a capture", encoding="utf-8")
+    expected = {
+        report: r"is a report that `att-report render` wrote, not a capture; load\(\) and render take the capture "
+                r"directory",
+        report / "index.html": r"is a file, not a capture directory; give the directory that `att-report capture -o`",
+        note: r"is a file, not a capture directory",
+        tmp_path / "missing": r"does not exist; give the directory that `att-report capture -o` wrote",
+    }
+    for path, message in expected.items():
+        with pytest.raises(att_report.AttReportError, match=message) as raised:
+            att_report.load(path)
+        assert str(raised.value).startswith(str(path)) and "\n" not in str(raised.value)
+
+
+def test_a_store_shows_itself_in_one_line(tmp_path: Path) -> None:
+    write_synthetic_store(tmp_path / "all", TOKENS, PROMPT_LENGTH)
+    write_synthetic_store(tmp_path / "some", TOKENS, PROMPT_LENGTH, num_layers=4, layer_indices=[1, 3],
+                          head_indices=[0, 2], dtype="uint8")
+    assert repr(att_report.load(tmp_path / "all")) == (
+        f"<CaptureStore {str(tmp_path / 'all')!r} synthetic, 2 layers x 3 heads, 6 tokens, float16>")
+    assert repr(att_report.load(tmp_path / "some")) == (
+        f"<CaptureStore {str(tmp_path / 'some')!r} synthetic, 2 layers x 2 heads of 4 x 3, 6 tokens, uint8-diffused>")
 
 
 def test_checksums_are_skipped_only_when_asked(store: Path) -> None:
