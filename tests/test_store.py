@@ -172,11 +172,11 @@ def test_a_report_a_file_or_nothing_is_refused_in_one_line_naming_the_fix(store:
     note = tmp_path / "notes.txt"
     note.write_text("not a capture", encoding="utf-8")
     expected = {
-        report: r"is a report that `att-report render` wrote, not a capture; load\(\) and render take the capture "
-                r"directory",
-        report / "index.html": r"is a file, not a capture directory; give the directory that `att-report capture -o`",
-        note: r"is a file, not a capture directory",
-        tmp_path / "missing": r"does not exist; give the directory that `att-report capture -o` wrote",
+        report: r"is an att-report report, not a capture; load\(\) and every command take the capture directory the "
+                r"report was rendered from",
+        report / "index.html": r"is an HTML file, not a capture; load\(\) and every command take the capture directory",
+        note: r"is a file, not a capture directory; give the capture directory, the one `att-report capture -o`",
+        tmp_path / "missing": r"does not exist; give the capture directory, the one `att-report capture -o` wrote",
     }
     for path, message in expected.items():
         with pytest.raises(att_report.AttReportError, match=message) as raised:

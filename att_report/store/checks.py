@@ -74,26 +74,29 @@ def _damaged(store_path: Path, problem: str) -> StoreError:
     return StoreError(f"{store_path / MANIFEST_NAME} {problem}; the capture is damaged, capture it again.")
 
 
-def _check_directory(path: Path) -> None:
-    """Refuse, in one line with the fix, what people pass instead of a capture directory: nothing, a file (often
-    the manifest itself), or the report folder `att-report render` wrote from a capture."""
-    from att_report.report.chunks import INDEX_NAME  # the report builds on the store: imported only to name it
+def check_is_capture(path: Path) -> None:
+    """Refuse, in one line with the fix, what people give instead of a capture directory: nothing, a file (the
+    manifest itself, a report page), or the report `att-report render` wrote from a capture."""
+    if (path / MANIFEST_NAME).is_file():
+        return
+    from att_report.report.render import is_report  # the report builds on the store: imported only to name one
 
-    given = "give the directory that `att-report capture -o` wrote"
+    given = "give the capture directory, the one `att-report capture -o` wrote"
+    found = "an att-report report" if is_report(path) else "an HTML file" if path.suffix in (".html", ".htm") else None
+    if found:
+        raise StoreError(f"{path} is {found}, not a capture; load() and every command take the capture directory "
+                         "the report was rendered from (the one `att-report capture -o` wrote).")
     if not path.exists():
         raise StoreError(f"{path} does not exist; {given}.")
-    if path.name == MANIFEST_NAME and path.is_file():
+    if path.name == MANIFEST_NAME:
         raise StoreError(f"{path} is a capture's manifest; give the capture directory that holds it, {path.parent}.")
     if not path.is_dir():
         raise StoreError(f"{path} is a file, not a capture directory; {given}.")
-    if (path / INDEX_NAME).is_file() and not (path / MANIFEST_NAME).exists():
-        raise StoreError(f"{path} is a report that `att-report render` wrote, not a capture; load() and render take "
-                         "the capture directory, the one `att-report capture -o` wrote.")
 
 
 def _read_manifest(path: Path) -> dict[str, Any]:
     manifest_path = path / MANIFEST_NAME
-    _check_directory(path)
+    check_is_capture(path)
     if not manifest_path.is_file():
         raise StoreError(f"{path} has no {MANIFEST_NAME}, so it is not a complete capture; capture it again.")
     try:
