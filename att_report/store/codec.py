@@ -51,21 +51,10 @@ def to_float16(values: np.ndarray) -> np.ndarray:
 def encode_chunk(cells: np.ndarray) -> bytes:
     """Zero-run code a flat uint8 array and compress it: the number of zeros before each non-zero byte as four
     little-endian byte planes (every low byte, then every second byte, ...), then the non-zero bytes; zlib."""
-    positions = _nonzero_positions(cells)
+    positions = np.flatnonzero(cells != 0)  # numpy finds a bool array's non-zeros 4-6x faster than a uint8's
     gaps = np.diff(positions, prepend=-1) - 1
     planes = gaps.astype("<u4").view(np.uint8).reshape(-1, 4).T
     return zlib.compress(planes.tobytes() + cells[positions].tobytes(), ZLIB_LEVEL)
-
-
-def _nonzero_positions(cells: np.ndarray) -> np.ndarray:
-    """np.flatnonzero of a flat uint8 array, twice as fast where non-zero bytes are rare (diffused rows at length:
-    at most 255 per row): find the non-zero 8-byte words first, then look inside those only."""
-    whole = cells.size // 8 * 8
-    words = np.flatnonzero(cells[:whole].view(np.uint64))
-    if 4 * len(words) > whole // 8:  # dense: the words would not save a pass
-        return np.flatnonzero(cells)
-    inside = np.flatnonzero(cells[:whole].view(np.uint64)[words].view(np.uint8))
-    return np.concatenate([words[inside >> 3] * 8 + (inside & 7), whole + np.flatnonzero(cells[whole:])])
 
 
 def decode_chunk(chunk: bytes, size: int, where: str) -> np.ndarray:
