@@ -176,7 +176,7 @@ def test_a_report_a_file_or_nothing_is_refused_in_one_line_naming_the_fix(store:
                 r"report was rendered from",
         report / "index.html": r"is an HTML file, not a capture; load\(\) and every command take the capture directory",
         note: r"is a file, not a capture directory; give the capture directory, the one `att-report capture -o`",
-        tmp_path / "missing": r"does not exist; give the capture directory, the one `att-report capture -o` wrote",
+        tmp_path / "missing.html": r"does not exist; give the capture directory, the one `att-report capture -o` wrote",
     }
     for path, message in expected.items():
         with pytest.raises(att_report.AttReportError, match=message) as raised:

@@ -82,12 +82,12 @@ def check_is_capture(path: Path) -> None:
     from att_report.report.render import is_report  # the report builds on the store: imported only to name one
 
     given = "give the capture directory, the one `att-report capture -o` wrote"
+    if not path.exists():
+        raise StoreError(f"{path} does not exist; {given}.")
     found = "an att-report report" if is_report(path) else "an HTML file" if path.suffix in (".html", ".htm") else None
     if found:
         raise StoreError(f"{path} is {found}, not a capture; load() and every command take the capture directory "
                          "the report was rendered from (the one `att-report capture -o` wrote).")
-    if not path.exists():
-        raise StoreError(f"{path} does not exist; {given}.")
     if path.name == MANIFEST_NAME:
         raise StoreError(f"{path} is a capture's manifest; give the capture directory that holds it, {path.parent}.")
     if not path.is_dir():
