@@ -63,7 +63,8 @@ def metric(name: str) -> Metric:
 
 def _distances(row_start: int, rows: int, keys: int) -> np.ndarray:
     """(rows, keys) float32 |i - j| of query rows row_start.. against keys 0..keys-1."""
-    return np.abs(np.arange(row_start, row_start + rows)[:, None] - np.arange(keys)[None, :]).astype(np.float32)
+    queries = np.arange(row_start, row_start + rows, dtype=np.float32)  # exact: token positions stay below 2^24
+    return np.abs(queries[:, None] - np.arange(keys, dtype=np.float32)[None, :])
 
 
 class HeadAccumulator:
@@ -99,7 +100,7 @@ class HeadAccumulator:
             row_entropy = -plogp.sum(axis=2)[:, choosing] / np.log(keys[choosing])
             self.entropy[heads] += row_entropy.sum(axis=1)
         self.row_max[heads] += row_max.sum(axis=1)
-        self.sparse[heads] += np.count_nonzero(cells < SPARSE_BELOW, axis=(1, 2)) - ignored
+        self.sparse[heads] += [np.count_nonzero(head < SPARSE_BELOW) - ignored for head in cells]  # no axis: fast
         # Each row is summed in float32 on its own, then rows in float64: the same sums however rows are blocked.
         self.total[heads] += cells.sum(axis=2).sum(axis=1, dtype=np.float64)
         self.squares[heads] += np.einsum("hrk,hrk->hr", cells, cells).sum(axis=1, dtype=np.float64)
