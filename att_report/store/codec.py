@@ -16,7 +16,9 @@ import numpy as np
 
 from att_report.errors import StoreError
 
-ZLIB_LEVEL = 6  # measured: as fast as level 1 on zero-run coded chunks, and 10% smaller
+# Measured on diffused chunks at 2,048 and 8,192 tokens: level 1 compresses twice as fast but 5-8% larger, level 4
+# 2% larger; zlib takes about a tenth of the writer's time, so the smaller store wins.
+ZLIB_LEVEL = 6
 SCALE = 255.0
 
 
