@@ -26,10 +26,9 @@ from att_report.report.render import (
     DEFAULT_SINGLE_FILE_MB,
     RenderOptions,
     check_render_target,
-    is_report,
     render,
 )
-from att_report.store import MANIFEST_NAME, is_store
+from att_report.store import check_is_capture, is_store
 
 DEMO_PROMPT = "In two sentences: why is the sky blue, and why is the sunset red?"
 DEMO_NEW_TOKENS = 48
@@ -236,16 +235,6 @@ def run_batch_command(args: argparse.Namespace, config: CaptureConfig) -> int:
     for line in summary_lines(result, args.prompts_file):
         print(line, file=sys.stderr if result.failures else sys.stdout)
     return 1 if result.failures else 0
-
-
-def check_is_capture(path: Path) -> None:
-    """Name the common mix-up, a report given where a capture belongs, before the store reader calls it damaged."""
-    if (path / MANIFEST_NAME).exists():
-        return
-    found = "an att-report report" if is_report(path) else "an HTML file" if path.suffix in (".html", ".htm") else None
-    if found:
-        raise UsageError(f"{path} is {found}, not a capture; give the capture directory the report was rendered "
-                         "from (the one `att-report capture -o` wrote).")
 
 
 def single_file_path(output: Path) -> Path:

@@ -174,6 +174,14 @@ def test_median_histogram_keeps_its_bound_on_tiny_weights() -> None:
         assert metrics.median[0, head] == pytest.approx(float(np.median(layer[head])), rel=MEDIAN_BOUND)
 
 
+@pytest.mark.parametrize(("outside", "median"), [(-0.5, 0.0), (2.0, 1.0)])
+def test_median_counts_weights_outside_0_1_in_the_end_bins(outside: float, median: float) -> None:
+    """Not softmax weights, but never lost: a negative one counts as 0, one above 1 as 1."""
+    layer = np.full((1, 4, 4), 0.25, dtype=np.float32)
+    layer.reshape(-1)[:9] = outside
+    assert metrics_of_layers([layer], causal=False).median[0, 0] == median
+
+
 def test_registry_names_every_field_once_with_label_and_description() -> None:
     assert METRIC_NAMES == tuple(field.name for field in fields(HeadMetrics))[: len(METRICS)]
     assert len({m.label for m in METRICS}) == len(METRICS)

@@ -86,7 +86,7 @@ def test_a_report_given_as_a_capture_is_named(command: str, capture: Path, tmp_p
     assert main(["render", str(capture), "-o", str(tmp_path / "report")]) == 0
     extra = {"render": ["-o", str(tmp_path / "again")], "info": [], "compare": [str(capture), "-o", str(tmp_path / "c")]}
     stderr = one_error_line(*run_cli(capfd, command, str(tmp_path / "report"), *extra[command])[::2])
-    assert "report is an att-report report, not a capture; give the capture directory" in stderr
+    assert "report is an att-report report, not a capture; load() and every command take the capture directory" in stderr
     assert "capture it again" not in stderr
 
 

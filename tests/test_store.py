@@ -16,7 +16,8 @@ import pytest
 
 import att_report
 from att_report.atomic import staged_directory
-from att_report.store.codec import to_float16
+from att_report.cli import main
+from att_report.store.codec import decode_chunk, encode_chunk, to_float16
 from att_report.store import (
     COMPACT_FROM_TOKENS,
     LayerWriter,
@@ -116,7 +117,7 @@ DAMAGES: dict[str, tuple[Callable[[Path], None], str]] = {
                     r"lists 1 layer files for 2 layers"),
     "layer shape": (edit_manifest(set_key("attention", "head_indices", [0, 1])),
                     r"layer-000\.npy holds float16 \(3, 21\), expected float16 \(2, 21\)"),
-    "not a directory": (lambda path: None, r"is not a directory"),
+    "manifest given": (lambda path: None, r"is a capture's manifest; give the capture directory that holds it, /"),
     "missing layer count": (edit_manifest(lambda manifest: manifest["model"].pop("num_layers")),
                             r"lacks a valid 'model\.num_layers'"),
     "missing prompt length": (edit_manifest(lambda manifest: manifest["tokens"].pop("prompt_length")),
@@ -159,10 +160,38 @@ DAMAGES: dict[str, tuple[Callable[[Path], None], str]] = {
 def test_damaged_store_is_refused_naming_the_problem(damage: str, store: Path) -> None:
     change, message = DAMAGES[damage]
     change(store)
-    target = store / "manifest.json" if damage == "not a directory" else store
+    target = store / "manifest.json" if damage == "manifest given" else store
     with pytest.raises(att_report.AttReportError, match=message) as raised:
         att_report.load(target)
     assert str(target) in str(raised.value)
+
+
+def test_a_report_a_file_or_nothing_is_refused_in_one_line_naming_the_fix(store: Path, tmp_path: Path) -> None:
+    report = tmp_path / "report"
+    assert main(["render", str(store), "-o", str(report)]) == 0
+    note = tmp_path / "notes.txt"
+    note.write_text("not a capture", encoding="utf-8")
+    expected = {
+        report: r"is an att-report report, not a capture; load\(\) and every command take the capture directory the "
+                r"report was rendered from",
+        report / "index.html": r"is an HTML file, not a capture; load\(\) and every command take the capture directory",
+        note: r"is a file, not a capture directory; give the capture directory, the one `att-report capture -o`",
+        tmp_path / "missing.html": r"does not exist; give the capture directory, the one `att-report capture -o` wrote",
+    }
+    for path, message in expected.items():
+        with pytest.raises(att_report.AttReportError, match=message) as raised:
+            att_report.load(path)
+        assert str(raised.value).startswith(str(path)) and "\n" not in str(raised.value)
+
+
+def test_a_store_shows_itself_in_one_line(tmp_path: Path) -> None:
+    write_synthetic_store(tmp_path / "all", TOKENS, PROMPT_LENGTH)
+    write_synthetic_store(tmp_path / "some", TOKENS, PROMPT_LENGTH, num_layers=4, layer_indices=[1, 3],
+                          head_indices=[0, 2], dtype="uint8")
+    assert repr(att_report.load(tmp_path / "all")) == (
+        f"<CaptureStore {str(tmp_path / 'all')!r} synthetic, 2 layers x 3 heads, 6 tokens, float16>")
+    assert repr(att_report.load(tmp_path / "some")) == (
+        f"<CaptureStore {str(tmp_path / 'some')!r} synthetic, 2 layers x 2 heads of 4 x 3, 6 tokens, uint8-diffused>")
 
 
 def test_checksums_are_skipped_only_when_asked(store: Path) -> None:
@@ -400,6 +429,15 @@ def test_writer_never_holds_a_layer(tmp_path: Path) -> None:
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
         assert peak < heads * size * (size + 1) // 4, (dtype, peak)  # a quarter of the float16 layer
+
+
+@pytest.mark.parametrize("size", [0, 5, 8, 4093, 65536])
+def test_chunks_round_trip_sparse_and_dense(size: int) -> None:
+    """Chunks of rare and of dense non-zero bytes, of any length, decode to the cells they were made of."""
+    rng = np.random.default_rng(size)
+    for share in (0.001, 0.03, 0.5, 1.0):
+        cells = np.where(rng.random(size) < share, rng.integers(1, 256, size), 0).astype(np.uint8)
+        np.testing.assert_array_equal(decode_chunk(encode_chunk(cells), size, "chunk"), cells)
 
 
 def test_fast_float16_rounding_equals_numpy_bit_for_bit() -> None:

@@ -63,7 +63,8 @@ def metric(name: str) -> Metric:
 
 def _distances(row_start: int, rows: int, keys: int) -> np.ndarray:
     """(rows, keys) float32 |i - j| of query rows row_start.. against keys 0..keys-1."""
-    return np.abs(np.arange(row_start, row_start + rows)[:, None] - np.arange(keys)[None, :]).astype(np.float32)
+    queries = np.arange(row_start, row_start + rows, dtype=np.float32)  # exact: token positions stay below 2^24
+    return np.abs(queries[:, None] - np.arange(keys, dtype=np.float32)[None, :])
 
 
 class HeadAccumulator:
@@ -83,9 +84,9 @@ class HeadAccumulator:
         heads = slice(head_start, head_start + weights.shape[0])
         rows = weights.shape[1]
         width = min(row_start + rows, self.num_tokens) if self.causal else self.num_tokens
-        cells = np.asarray(weights[:, :, :width], dtype=np.float32)
-        if self.causal:
-            cells = np.where(np.arange(width) <= np.arange(row_start, row_start + rows)[:, None], cells, 0.0)
+        cells = np.array(weights[:, :, :width], dtype=np.float32)  # a copy: zeroed above the diagonal, in place
+        if self.causal:  # only the last rows - 1 keys of a block's rows can lie above the diagonal
+            cells[:, :, row_start:][:, ~np.tri(rows, width - row_start, dtype=bool)] = 0.0
         keys = self.keys[row_start: row_start + rows]
         ignored = rows * width - int(keys.sum())  # zeros above the diagonal: not cells, so not counted
         row_max = cells.max(axis=2)
@@ -93,23 +94,33 @@ class HeadAccumulator:
         choosing = keys > 1
         if choosing.any():
             self.peak[heads] = np.maximum(self.peak[heads], row_max[:, choosing].max(axis=1))
-            plogp = np.log(np.maximum(cells, _TINY)) * cells  # 0 * log(tiny) = 0: a zero weight adds nothing
+            plogp = np.maximum(cells, _TINY)
+            np.log(plogp, out=plogp)
+            plogp *= cells  # 0 * log(tiny) = 0: a zero weight adds nothing
             row_entropy = -plogp.sum(axis=2)[:, choosing] / np.log(keys[choosing])
             self.entropy[heads] += row_entropy.sum(axis=1)
         self.row_max[heads] += row_max.sum(axis=1)
-        self.sparse[heads] += np.count_nonzero(cells < SPARSE_BELOW, axis=(1, 2)) - ignored
-        self.total[heads] += cells.sum(axis=(1, 2), dtype=np.float64)
-        self.squares[heads] += np.square(cells).sum(axis=(1, 2), dtype=np.float64)
+        self.sparse[heads] += [np.count_nonzero(head < SPARSE_BELOW) - ignored for head in cells]  # no axis: fast
+        # Each row is summed in float32 on its own, then rows in float64: the same sums however rows are blocked.
+        self.total[heads] += cells.sum(axis=2).sum(axis=1, dtype=np.float64)
+        self.squares[heads] += np.einsum("hrk,hrk->hr", cells, cells).sum(axis=1, dtype=np.float64)
         self.sink[heads] += cells[:, :, 0].sum(axis=1, dtype=np.float64)
-        self.distance[heads] += (cells * _distances(row_start, rows, width)).sum(axis=(1, 2), dtype=np.float64)
+        distances = _distances(row_start, rows, width)
+        self.distance[heads] += np.einsum("hrk,rk->hr", cells, distances).sum(axis=1, dtype=np.float64)
         self._count_bins(heads, cells, ignored)
 
     def _count_bins(self, heads: slice, cells: np.ndarray, ignored: int) -> None:
         """Add each cell to its median histogram bin: non-negative float32 values order as their bit patterns,
-        so the top bits name a bin; anything negative or zero lands in bin 0."""
-        bins = np.clip(cells.view(np.int32) >> MEDIAN_BITS, 0, MEDIAN_BINS - 1)
-        for offset, head_bins in enumerate(bins):
-            self.histogram[heads.start + offset] += np.bincount(head_bins.ravel(), minlength=MEDIAN_BINS)
+        so the top bits name a bin; a negative value (sign bit set) or zero lands in bin 0, anything above 1 in
+        the last."""
+        half = 1 << (31 - MEDIAN_BITS)  # the first top-bits value with the sign bit set
+        for offset, head_cells in enumerate(cells):
+            counts = np.bincount((head_cells.view(np.uint32) >> MEDIAN_BITS).ravel(), minlength=MEDIAN_BINS)
+            histogram = self.histogram[heads.start + offset]
+            histogram += counts[:MEDIAN_BINS]
+            if len(counts) > MEDIAN_BINS:  # only for weights outside [0, 1]
+                histogram[0] += counts[half:].sum()
+                histogram[-1] += counts[MEDIAN_BINS: half].sum()
         self.histogram[heads, 0] -= ignored
 
     def finite(self) -> bool:

@@ -7,7 +7,7 @@ README section "The capture store"; `format` keeps its version history.
 
 from __future__ import annotations
 
-from att_report.store.checks import EXTRA_ARRAYS, inside_store, load
+from att_report.store.checks import EXTRA_ARRAYS, check_is_capture, inside_store, load
 from att_report.store.format import (
     ATTENTION_DTYPE_CHOICES,
     COMPACT_FROM_TOKENS,
@@ -29,7 +29,7 @@ from att_report.store.writer import LayerWriter, write_array, write_manifest
 
 __all__ = [
     "ATTENTION_DTYPE_CHOICES", "COMPACT_FROM_TOKENS", "CaptureStore", "ENCODINGS", "EXTRA_ARRAYS", "Encoding",
-    "FORMAT_NAME", "FORMAT_VERSION", "LayerWriter", "MANIFEST_NAME", "check_disk_space", "human_bytes", "index_spans",
-    "inside_store", "is_store", "load", "lower_triangle_mask", "pack_layer", "projected_store_bytes",
-    "resolve_encoding", "stored_shape", "unpack_layer", "write_array", "write_manifest",
+    "FORMAT_NAME", "FORMAT_VERSION", "LayerWriter", "MANIFEST_NAME", "check_disk_space", "check_is_capture",
+    "human_bytes", "index_spans", "inside_store", "is_store", "load", "lower_triangle_mask", "pack_layer",
+    "projected_store_bytes", "resolve_encoding", "stored_shape", "unpack_layer", "write_array", "write_manifest",
 ]

@@ -74,10 +74,29 @@ def _damaged(store_path: Path, problem: str) -> StoreError:
     return StoreError(f"{store_path / MANIFEST_NAME} {problem}; the capture is damaged, capture it again.")
 
 
+def check_is_capture(path: Path) -> None:
+    """Refuse, in one line with the fix, what people give instead of a capture directory: nothing, a file (the
+    manifest itself, a report page), or the report `att-report render` wrote from a capture."""
+    if (path / MANIFEST_NAME).is_file():
+        return
+    from att_report.report.render import is_report  # the report builds on the store: imported only to name one
+
+    given = "give the capture directory, the one `att-report capture -o` wrote"
+    if not path.exists():
+        raise StoreError(f"{path} does not exist; {given}.")
+    found = "an att-report report" if is_report(path) else "an HTML file" if path.suffix in (".html", ".htm") else None
+    if found:
+        raise StoreError(f"{path} is {found}, not a capture; load() and every command take the capture directory "
+                         "the report was rendered from (the one `att-report capture -o` wrote).")
+    if path.name == MANIFEST_NAME:
+        raise StoreError(f"{path} is a capture's manifest; give the capture directory that holds it, {path.parent}.")
+    if not path.is_dir():
+        raise StoreError(f"{path} is a file, not a capture directory; {given}.")
+
+
 def _read_manifest(path: Path) -> dict[str, Any]:
     manifest_path = path / MANIFEST_NAME
-    if not path.is_dir():
-        raise StoreError(f"{path} is not a directory; give the directory that `att-report capture -o` wrote.")
+    check_is_capture(path)
     if not manifest_path.is_file():
         raise StoreError(f"{path} has no {MANIFEST_NAME}, so it is not a complete capture; capture it again.")
     try:

@@ -16,7 +16,9 @@ import numpy as np
 
 from att_report.errors import StoreError
 
-ZLIB_LEVEL = 6  # measured: as fast as level 1 on zero-run coded chunks, and 10% smaller
+# Measured on diffused chunks at 2,048 and 8,192 tokens: level 1 compresses twice as fast but 5-8% larger, level 4
+# 2% larger; zlib takes about a tenth of the writer's time, so the smaller store wins.
+ZLIB_LEVEL = 6
 SCALE = 255.0
 
 
@@ -51,7 +53,7 @@ def to_float16(values: np.ndarray) -> np.ndarray:
 def encode_chunk(cells: np.ndarray) -> bytes:
     """Zero-run code a flat uint8 array and compress it: the number of zeros before each non-zero byte as four
     little-endian byte planes (every low byte, then every second byte, ...), then the non-zero bytes; zlib."""
-    positions = np.flatnonzero(cells)
+    positions = np.flatnonzero(cells != 0)  # numpy finds a bool array's non-zeros 4-6x faster than a uint8's
     gaps = np.diff(positions, prepend=-1) - 1
     planes = gaps.astype("<u4").view(np.uint8).reshape(-1, 4).T
     return zlib.compress(planes.tobytes() + cells[positions].tobytes(), ZLIB_LEVEL)

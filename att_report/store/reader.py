@@ -82,6 +82,15 @@ class CaptureStore:
         """The numpy dtype of the stored values: float16, float32, or uint8 (uint8-diffused)."""
         return self.encoding.dtype
 
+    def __repr__(self) -> str:
+        """One line to recognise a store by (the dataclass's own would print the whole manifest)."""
+        model = str(self.manifest["model"].get("name") or "unnamed model").rstrip("/").rsplit("/", 1)[-1]
+        stored = (len(self.layer_indices), len(self.head_indices))
+        scope = f"{stored[0]} layers x {stored[1]} heads"
+        if stored != (self.num_layers, self.num_heads):
+            scope += f" of {self.num_layers} x {self.num_heads}"
+        return f"<CaptureStore {str(self.path)!r} {model}, {scope}, {self.num_tokens:,} tokens, {self.encoding.name}>"
+
     def _repr_html_(self) -> str:
         """Show the report inline when a store is the last expression of a Jupyter cell."""
         from att_report.report.notebook import store_html  # the report package builds on the store, not the reverse
