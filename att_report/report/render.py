@@ -255,8 +255,8 @@ def page_notes(store: CaptureStore, part: Part, part_count: int) -> list[str]:
     if part.chunk.is_mean:
         notes.append("The mean is taken over the captured weights, then quantized once.")
     if part_count > 1:
-        notes.append(f"This chunk is split into {part_count} files to stay under the size budget; the others are "
-                     "linked below.")
+        notes.append(f"This chunk is split into {part_count} files, each under the size budget and the memory one "
+                     "page may take while it is written; the others are linked above.")
     return notes
 
 
