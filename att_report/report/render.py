@@ -273,8 +273,9 @@ def _index(store: CaptureStore, grid: list[list[Chunk]], files: FileGrid, reader
              for parts in files.rows]
     links += [ChunkLinks(page.title, page.files) for page in analyses if page.files]
     split, chunks = files.split_chunks()
-    notes = [f"{split} of {chunks} chunks exceeded the size budget and were split into files of fewer heads or fewer "
-             "query rows; each file's name says which heads and rows it holds."] if split else []
+    notes = [f"{split} of {chunks} chunks were split into files of fewer heads or fewer query rows, to keep each "
+             "file under the size budget and the memory one page may take while it is written; each file's name "
+             "says which heads and rows it holds."] if split else []
     notes += [page.omitted for page in analyses if page.omitted]
     return index_page(store, hrefs, links, pack_thumbnails(reader.thumbnails), notes, reader.head_metrics())
 
