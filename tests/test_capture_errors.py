@@ -372,7 +372,7 @@ def test_interrupted_capture_leaves_no_store(stop: signal.Signals, deep_model: P
     process.send_signal(signal.SIGCONT)
     _, stderr = process.communicate(timeout=60)
     assert not target.exists()
-    with pytest.raises(att_report.AttReportError, match="not a directory"):
+    with pytest.raises(att_report.AttReportError, match="does not exist"):
         att_report.load(target)
     assert list(tmp_path.rglob("manifest.json")) == []
     if stop == signal.SIGINT:

@@ -25,7 +25,6 @@ from att_report.analysis.alignment import align_tokens, divergence_rows, first_d
 from att_report.errors import UsageError
 from att_report.report.encode import ERROR_BOUND
 from att_report.report.fitting import fit
-from att_report.report.plan import ROLLOUT_MAX_TOKENS
 from att_report.report.thumbnails import layer_thumbnails, thumbnail_size
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -146,16 +145,6 @@ def test_single_file_neurons_run_in_the_browser(page: Any, store_path: Path) -> 
     stored = att_report.load(store_path).neurons()[1][0, :, 0]
     assert np.abs(np.array(values) - stored).max() <= np.abs(stored).max() / 254 + 1e-6
     assert page.requests == [single.as_uri()] and page.page_errors == []
-
-
-def test_rollout_is_left_out_at_length_and_the_index_says_why(tmp_path: Path) -> None:
-    tokens = ROLLOUT_MAX_TOKENS + 1
-    write_synthetic_store(tmp_path / "long", tokens_for(tokens), tokens - 1, 1, 1, causal=True, seed=8)
-    report = render_cli(tmp_path / "long", tmp_path / "report")
-    assert not list(report.glob("rollout*"))
-    notes = " ".join(walk(report / "index.html").text(i) for i, _ in walk(report / "index.html").find(
-        data_index_note=None))
-    assert f"Attention rollout is left out: at {tokens:,} tokens" in notes
 
 
 # VmHWM, the peak resident memory of this process image: getrusage's ru_maxrss would also count the memory of the
