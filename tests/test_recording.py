@@ -81,8 +81,8 @@ def test_a_sliding_window_shorter_than_the_prompt_is_kept(tiny_model: Models, tm
 
 
 def test_many_row_blocks_equal_one(tiny_model: Models, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Blocks of 5 rows (the default block is longer than any tiny prompt) tile every layer exactly."""
-    monkeypatch.setattr(side_weights, "ROWS_PER_BLOCK", 5)
+    """Blocks of 5 rows (a default block is longer than any tiny prompt) tile every layer exactly."""
+    monkeypatch.setattr(side_weights, "block_rows", lambda heads, length: 5)
     folder = tiny_model("llama-gqa")
     store = att_report.load(att_report.capture(PROMPT, tmp_path / "c", model=str(folder), max_new_tokens=0,
                                                attention_dtype="float32", progress=False))
@@ -113,10 +113,17 @@ def test_weight_blocks_follow_sdpa_masks(mask_kind: str) -> None:
     wanted = [0, 2, 3, 5]
     got = torch.zeros_like(expected)
     for block_heads, first, weights in weight_blocks(module, query, key, mask, {"scaling": 0.5}, wanted, rows=4):
-        assert weights.shape == (len(block_heads), min(4, length - first), length)
-        got[block_heads, first:first + weights.shape[1]] = weights
+        rows = min(4, length - first)
+        assert weights.shape == (len(block_heads), rows, first + rows if mask_kind == "causal" else length)
+        got[block_heads, first:first + rows, :weights.shape[2]] = weights
     torch.testing.assert_close(got[wanted], expected[wanted], rtol=0, atol=1e-6)
     assert not got[[1, 4]].any()  # heads not asked for are not computed
+
+
+def test_blocks_are_row_blocks_of_bounded_size() -> None:
+    assert side_weights.block_rows(9, 8192) == 192 and side_weights.block_rows(9, 1000) == 256  # 4 blocks at least
+    assert side_weights.block_rows(64, 131072) == 64 and side_weights.block_rows(9, 100) == 64  # a store row block
+    assert 9 * 192 * 8192 * 4 <= side_weights.BLOCK_BYTES
 
 
 def test_calls_sdpa_cannot_reproduce_fall_back() -> None:

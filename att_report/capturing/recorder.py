@@ -189,7 +189,7 @@ def _assembled(blocks: list[tuple[list[int], int, torch.Tensor]]) -> torch.Tenso
     length = blocks[0][2].shape[-1]
     square = blocks[0][2].new_zeros((1 + max(max(heads) for heads, _, _ in blocks), length, length))
     for heads, first_row, weights in blocks:
-        square[heads, first_row:first_row + weights.shape[1]] = weights
+        square[heads, first_row:first_row + weights.shape[1], :weights.shape[2]] = weights
     return square
 
 
@@ -212,7 +212,7 @@ class RecordingLog:
 def recording(model: PreTrainedModel, sites: list[AttentionSite], sink: BlockSink, method: str,
               layers: Sequence[int] | None = None, heads: Sequence[int] | None = None) -> Iterator[RecordingLog]:
     """Run the model's forward passes inside with `method` (METHODS), handing the weights of the query `heads`
-    (None: all) of `layers` (None: all) to `sink(layer, heads, first_row, weights (heads, rows, T))`; restore the
+    (None: all) of `layers` (None: all) to `sink` (side_weights.BlockSink); restore the
     model's attention implementation and transformers' attention functions afterwards, whatever happens."""
     log = RecordingLog(method)
     chosen = range(len(sites)) if layers is None else layers

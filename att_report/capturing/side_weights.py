@@ -1,9 +1,10 @@
 """Record attention beside the model's fast SDPA attention instead of switching the model to eager.
 
 The model's output comes from its own `sdpa` function, untouched, so the hidden states are those of its normal fast
-path. Beside each call, per key/value head and block of query rows, the weights softmax(Q·Kᵀ·scaling + mask) are
-computed the way the model's eager attention computes them (product in the model's dtype, softmax in float32) and
-handed to a sink, so no layer's whole (heads, T, T) square is ever held. A call this cannot reproduce exactly (soft
+path. Beside each call, per block of query rows, the weights softmax(Q·Kᵀ·scaling + mask) are computed the way the
+model's eager attention computes them (product in the model's dtype, softmax in float32) and handed to a sink, so no
+layer's whole (heads, T, T) square is ever held at length. All heads go in one block, since every block costs a few
+operations whose count, not size, dominates on a CPU shared with the writer thread. A call this cannot reproduce exactly (soft
 capping, attention sinks, position bias, dropout, a key/value cache, any keyword outside a known set) runs the
 `fallback` (the model's own eager attention) instead, whose output and weights are then the recording's.
 """
@@ -20,14 +21,17 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 SIDE_WEIGHTS = "sdpa-side-weights"
 FAST_IMPLEMENTATION = "sdpa"
-ROWS_PER_BLOCK = 256  # a block of (3 heads, 256 rows, 8k keys) in float32 is 25 MB
+BLOCK_BYTES = 64 << 20  # one block of float32 weights: at 8k tokens, 9 heads x 192 rows; a whole layer at 1k
+ROW_MULTIPLE = 64
+BLOCKS_AT_LEAST = 4
 # Keywords that do not change what SDPA computes from query, key, value and mask (a sliding window reaches SDPA as
 # the mask, which the weights take too); any other keyword, unless None, makes the call fall back.
 REPRODUCIBLE_KWARGS = frozenset({"dropout", "scaling", "sliding_window", "position_ids", "cache_position",
                                  "use_cache", "is_causal", "output_attentions"})
 
 AttentionFunction = Callable[..., tuple[torch.Tensor, torch.Tensor | None]]
-BlockSink = Callable[[int, list[int], int, torch.Tensor], None]  # (layer, query heads, first row, (heads, rows, T))
+# (layer, query heads, first row, weights (heads, rows, keys)): keys is T, or for a causal block at least its last row + 1
+BlockSink = Callable[[int, list[int], int, torch.Tensor], None]
 
 
 def side_weights_attention(fast: AttentionFunction, fallback: AttentionFunction, layers: dict[int, int],
@@ -69,33 +73,39 @@ def reproducible(module: nn.Module, query: torch.Tensor, key: torch.Tensor, valu
 def weight_blocks(module: nn.Module, query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor | None,
                   kwargs: dict[str, Any], wanted: Sequence[int] | None,
                   rows: int | None = None) -> Iterator[tuple[list[int], int, torch.Tensor]]:
-    """Yield (query heads, first row, float32 weights (heads, rows, T)) per key/value head and block of `rows` rows
-    (default ROWS_PER_BLOCK)."""
-    rows = rows or ROWS_PER_BLOCK
-    heads, kv_heads, length = query.shape[1], key.shape[1], query.shape[2]
-    group = heads // kv_heads
+    """Yield (query heads, first row, float32 weights (heads, rows, keys)) for the `wanted` heads (None: all) per
+    block of `rows` rows (default: what fits BLOCK_BYTES). keys is T, or where SDPA runs causal, the block's last
+    row + 1: the keys after it have no weight, so they are neither computed nor held."""
+    heads, length = query.shape[1], query.shape[2]
+    chosen = list(range(heads)) if wanted is None else sorted(wanted)
+    rows = rows or block_rows(len(chosen), length)
     scaling = kwargs.get("scaling")
     scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
     is_causal = kwargs.get("is_causal")
     is_causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
     causal = attention_mask is None and length > 1 and bool(is_causal)  # as sdpa_attention_forward decides
-    chosen = set(range(heads) if wanted is None else wanted)
-    for kv_head in range(kv_heads):
-        block_heads = [head for head in range(kv_head * group, (kv_head + 1) * group) if head in chosen]
-        if not block_heads:
-            continue
-        queries, keys = query[0, block_heads], key[0, kv_head]
-        for first in range(0, length, rows):
-            end = min(length, first + rows)
-            width = end if causal else length  # keys after the last row are masked for a causal block
-            scores = torch.matmul(queries[:, first:end], keys[:width].transpose(0, 1)) * scaling
-            if causal:
-                positions = torch.arange(width, device=query.device)
-                scores = scores.masked_fill(positions > positions[first:end, None], float("-inf"))
-            elif attention_mask is not None:
-                scores = _masked(scores, _mask_block(attention_mask, block_heads, first, end))
-            weights = nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype).float()
-            yield block_heads, first, nn.functional.pad(weights, (0, length - width))
+    later = torch.ones(rows, rows, dtype=torch.bool, device=query.device).triu(1)  # key after query, in a block
+    # Scaled before the product, not after as eager does: the queries, not every score (for the usual power-of-2
+    # scaling, the same numbers). Each query head meets its key/value head's keys.
+    queries = query[0, chosen] * scaling
+    keys = key[0, [head * key.shape[1] // heads for head in chosen]].transpose(1, 2)
+    for first in range(0, length, rows):
+        end = min(length, first + rows)
+        width = end if causal else length
+        scores = torch.matmul(queries[:, first:end], keys[:, :, :width])
+        if causal:  # only the block's diagonal square holds later keys
+            scores[:, :, first:].masked_fill_(later[:end - first, :end - first], float("-inf"))
+        elif attention_mask is not None:
+            scores = _masked(scores, _mask_block(attention_mask, chosen, first, end))
+        yield chosen, first, nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype).float()
+
+
+def block_rows(heads: int, length: int) -> int:
+    """Rows per block: a multiple of 64 (the store's row block), at least 64, whose float32 weights fit BLOCK_BYTES,
+    and at most a quarter of the rows, so a causal block skips most of the keys after it (about 3/8 of the work)."""
+    fitting = BLOCK_BYTES // (4 * heads * length)
+    quarter = -(-length // (BLOCKS_AT_LEAST * ROW_MULTIPLE)) * ROW_MULTIPLE
+    return max(ROW_MULTIPLE, min(fitting // ROW_MULTIPLE * ROW_MULTIPLE, quarter))
 
 
 def _mask_block(mask: torch.Tensor, heads: list[int], first: int, end: int) -> torch.Tensor:

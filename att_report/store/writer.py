@@ -159,7 +159,7 @@ class LayerWriter:
     def write_block(self, layer: int, head_start: int, row_start: int, weights: np.ndarray) -> None:
         """Store float32 weights (h, r, T) of stored heads head_start.. and query rows row_start.. of the model's
         `layer`. A layer's blocks cover each (head, row) once, rows ascending within a head; a causal row's
-        columns above the diagonal are ignored."""
+        columns above the diagonal are ignored, and may be left out: a causal block may stop at key row_start + r."""
         opened = self._layer(layer)
         heads = range(head_start, head_start + weights.shape[0])
         self._check_block(layer, opened, heads, row_start, weights)
@@ -237,7 +237,10 @@ class LayerWriter:
         return opened
 
     def _check_block(self, layer: int, opened: _OpenLayer, heads: range, row_start: int, weights: np.ndarray) -> None:
-        if weights.ndim != 3 or weights.shape[2] != self.num_tokens or row_start + weights.shape[1] > self.num_tokens:
+        end = row_start + (weights.shape[1] if weights.ndim == 3 else 0)
+        keys_fit = weights.ndim == 3 and (weights.shape[2] == self.num_tokens
+                                          or (self.causal and end <= weights.shape[2] <= self.num_tokens))
+        if not keys_fit or end > self.num_tokens:
             raise StoreError(f"layer {layer}: a block of shape {weights.shape} at row {row_start} does not fit "
                              f"(heads, rows, {self.num_tokens}) rows 0-{self.num_tokens - 1}.")
         if heads.start < 0 or heads.stop > self.num_heads:
