@@ -3,11 +3,11 @@
 The model's output comes from its own `sdpa` function, untouched, so the hidden states are those of its normal fast
 path. Beside each call, per block of query rows, the weights softmax(Q·Kᵀ·scaling + mask) are computed the way the
 model's eager attention computes them (product in the model's dtype, softmax in float32) and handed to a sink, so no
-layer's whole (heads, T, T) square is ever held at length. All heads go in one block, since every block costs a few
-operations whose count, not size, dominates on a CPU shared with the writer thread. A call this cannot reproduce exactly (soft
-capping, attention sinks, position bias, dropout, a key/value cache, any keyword outside a known set) runs the
-`fallback` (the model's own eager attention) instead, whose output and weights are then the recording's.
-"""
+layer's whole (heads, T, T) square is ever held at length. All stored heads share a block: each block costs a few
+operations, and on a CPU shared with the writer thread their count, not their size, dominates. A call this cannot
+reproduce exactly (soft capping, attention sinks, position bias, dropout, a key/value cache, any keyword outside a
+known set) runs the `fallback` (the model's own eager attention) instead, whose output and weights are then the
+recording's."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 SIDE_WEIGHTS = "sdpa-side-weights"
 FAST_IMPLEMENTATION = "sdpa"
-BLOCK_BYTES = 64 << 20  # one block of float32 weights: at 8k tokens, 9 heads x 192 rows; a whole layer at 1k
+BLOCK_BYTES = 64 << 20  # the most float32 weights in a block: at 8k tokens, 9 heads x 192 rows
 ROW_MULTIPLE = 64
 BLOCKS_AT_LEAST = 4
 # Keywords that do not change what SDPA computes from query, key, value and mask (a sliding window reaches SDPA as
@@ -30,7 +30,7 @@ REPRODUCIBLE_KWARGS = frozenset({"dropout", "scaling", "sliding_window", "positi
                                  "use_cache", "is_causal", "output_attentions"})
 
 AttentionFunction = Callable[..., tuple[torch.Tensor, torch.Tensor | None]]
-# (layer, query heads, first row, weights (heads, rows, keys)): keys is T, or for a causal block at least its last row + 1
+# (layer, query heads, first row, weights (heads, rows, keys)); keys is T, or for a causal block at least last row + 1
 BlockSink = Callable[[int, list[int], int, torch.Tensor], None]
 
 
@@ -63,8 +63,8 @@ def reproducible(module: nn.Module, query: torch.Tensor, key: torch.Tensor, valu
         return False
     heads, kv_heads, rows = query.shape[1], key.shape[1], query.shape[2]
     mask_fits = attention_mask is None or (
-        attention_mask.dim() == 4 and attention_mask.shape[1] in (1, heads) and attention_mask.shape[2] in (1, rows)
-        and attention_mask.shape[3] == key.shape[2])
+        attention_mask.dim() == 4 and attention_mask.shape[0] == 1 and attention_mask.shape[1] in (1, heads)
+        and attention_mask.shape[2] in (1, rows) and attention_mask.shape[3] == key.shape[2])
     return (mask_fits and key.shape[2] == rows and value.shape[1] == kv_heads and heads % kv_heads == 0
             and not module.training and not kwargs.get("dropout")
             and REPRODUCIBLE_KWARGS.issuperset(name for name, given in kwargs.items() if given is not None))
