@@ -262,8 +262,8 @@ def browser_timings(chunk: Path, num_tokens: int, runs: int) -> dict[str, object
 
 SWEEP_COMPLETION = " In short, it changed how ideas spread, and nothing was the same again."
 # One measurement in a fresh process, after a short warm-up pass: argv = mode (plain or capture), tokens, attention
-# dtype, scratch folder. Prints the wall seconds, the peak RSS in kB (ru_maxrss), and for a capture its store bytes,
-# stored weights, token count, encoding and recording method.
+# dtype, scratch folder. Prints the wall seconds, for a capture its recording pass's seconds, the peak RSS in kB
+# (ru_maxrss), and for a capture its store bytes, stored weights, token count, encoding and recording method.
 SWEEP_PROBE = f"""
 import json, pathlib, resource, sys, time
 import torch
@@ -294,32 +294,36 @@ else:
     count = attention["num_tokens"]
     weights = len(attention["layer_indices"]) * len(attention["head_indices"]) * count * (count + 1) // 2
     size = sum(entry["bytes"] + entry.get("index", {{}}).get("bytes", 0) for entry in attention["files"])
-    print(wall, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, size, weights, count,
-          attention["encoding"], manifest["generation"]["record_attention"].replace(" ", "_"))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(wall, manifest["timings"]["record_s"], peak, size, weights, count, attention["encoding"],
+          manifest["generation"]["record_attention"].replace(" ", "_"))
 """
 
 
 def sweep(lengths: list[int]) -> None:
-    """For each length and encoding (the default, float16), a plain forward pass and a capture, each in a fresh
-    process; print one table row per pair."""
-    header = ("tokens", "encoding", "plain s", "capture s", "capture/plain", "peak RSS plain MB", "peak RSS capture MB",
-              "store bytes/weight", "recorded by")
+    """For each length and encoding (the default, and float16 where the default is not float16 already), a plain
+    forward pass and a capture, each in a fresh process; print one table row per pair."""
+    header = ("tokens", "encoding", "plain s", "capture s", "capture/plain", "recording pass s", "recording/plain",
+              "peak RSS plain MB", "peak RSS capture MB", "store bytes/weight", "recorded by")
     print(" | ".join(header))
     for length in lengths:
         plain_wall, plain_kb = map(float, run_probe("plain", length, "auto")[:2])
         for dtype in ("auto", "float16"):
-            wall, peak_kb, size, weights, count, encoding, method = run_probe("capture", length, dtype)
+            wall, record, peak_kb, size, weights, count, encoding, method = run_probe("capture", length, dtype)
             row = (count, encoding, f"{plain_wall:.2f}", f"{float(wall):.2f}", f"{float(wall) / plain_wall:.2f}",
-                   round(plain_kb / 1024), round(float(peak_kb) / 1024), f"{int(size) / int(weights):.4f}", method)
+                   f"{float(record):.2f}", f"{float(record) / plain_wall:.2f}", round(plain_kb / 1024),
+                   round(float(peak_kb) / 1024), f"{int(size) / int(weights):.4f}", method)
             print(" | ".join(str(cell) for cell in row))
             sys.stdout.flush()
+            if encoding == "float16":
+                break
 
 
 def run_probe(mode: str, tokens: int, dtype: str) -> list[str]:
     with tempfile.TemporaryDirectory() as scratch:
         result = subprocess.run([sys.executable, "-c", SWEEP_PROBE, mode, str(tokens), dtype, scratch],
                                 capture_output=True, text=True, check=True)
-    return result.stdout.split()[-7:] if mode == "capture" else result.stdout.split()[-2:]
+    return result.stdout.split()[-8:] if mode == "capture" else result.stdout.split()[-2:]
 
 
 def report(stage: str, figures: dict[str, object]) -> None:
