@@ -39,7 +39,6 @@ from att_report.errors import ModelError
 
 EAGER = "eager"
 HEAD_CHUNKED = "head-chunked eager"
-METHODS = (SIDE_WEIGHTS, HEAD_CHUNKED, EAGER)  # best first
 PROBE_TOKENS = 16
 # How far a float32 model's recorded weights may be from its eager attention's: side weights come from a differently
 # blocked product, whose float32 rounding (a few units in the last place of a logit, amplified by exp) shows.
@@ -116,8 +115,8 @@ def eager_attention(model: PreTrainedModel) -> Iterator[None]:
 
 def probe_attention(model: PreTrainedModel, sites: list[AttentionSite], ids: list[int], num_heads: int) -> str:
     """Run a short forward pass to prove every layer returns (heads, T, T) weights, before any real work; return the
-    best method (METHODS) whose weights equal eager's (within the model dtype's tolerance for side weights, bit for
-    bit for chunks of eager) and whose output equals the model's plain pass."""
+    best method (SIDE_WEIGHTS, HEAD_CHUNKED, EAGER) whose weights equal eager's (within the model dtype's tolerance
+    for side weights, bit for bit for chunks of eager) and whose output equals the model's plain pass."""
     input_ids = torch.tensor([ids[:PROBE_TOKENS]], device=model.device)
     eager = _probe_pass(model, sites, input_ids, EAGER)
     expected = (num_heads, input_ids.shape[1], input_ids.shape[1])
@@ -152,7 +151,8 @@ class _ProbeResult:
     log: RecordingLog
 
     def matches(self, other: _ProbeResult, tolerance: float) -> bool:
-        """Same output as `other` (eager) within `tolerance`; same weights too, every layer by this pass's method."""
+        """Whether every layer was recorded by this pass's method, with weights within `tolerance` of `other`'s
+        (eager's); a tolerance of 0 asks for the weights and the output bit for bit."""
         if len(self.layers) != len(other.layers) or set(self.log.methods.values()) != {self.log.method}:
             return False
         pairs = [(self.output, other.output), *zip(self.layers, other.layers)]
@@ -186,7 +186,7 @@ def _assembled(blocks: list[tuple[list[int], int, torch.Tensor]]) -> torch.Tenso
     """One layer's weights from its blocks (a whole layer's weights as given, whatever their shape)."""
     if len(blocks) == 1:
         return blocks[0][2]
-    length = blocks[0][2].shape[-1]
+    length = max(first_row + weights.shape[1] for _, first_row, weights in blocks)
     square = blocks[0][2].new_zeros((1 + max(max(heads) for heads, _, _ in blocks), length, length))
     for heads, first_row, weights in blocks:
         square[heads, first_row:first_row + weights.shape[1], :weights.shape[2]] = weights
@@ -195,7 +195,8 @@ def _assembled(blocks: list[tuple[list[int], int, torch.Tensor]]) -> torch.Tenso
 
 @dataclass
 class RecordingLog:
-    """How each recorded layer was recorded (METHODS); a call the pass's method could not take fell back."""
+    """How each recorded layer was recorded (SIDE_WEIGHTS, HEAD_CHUNKED or EAGER): where a call could not take the
+    pass's method, it fell back."""
 
     method: str
     methods: dict[int, str] = field(default_factory=dict)
@@ -211,8 +212,8 @@ class RecordingLog:
 @contextmanager
 def recording(model: PreTrainedModel, sites: list[AttentionSite], sink: BlockSink, method: str,
               layers: Sequence[int] | None = None, heads: Sequence[int] | None = None) -> Iterator[RecordingLog]:
-    """Run the model's forward passes inside with `method` (METHODS), handing the weights of the query `heads`
-    (None: all) of `layers` (None: all) to `sink` (side_weights.BlockSink); restore the
+    """Run the model's forward passes inside with `method` (SIDE_WEIGHTS, HEAD_CHUNKED or EAGER), handing the
+    weights of the query `heads` (None: all) of `layers` (None: all) to `sink` (side_weights.BlockSink); restore the
     model's attention implementation and transformers' attention functions afterwards, whatever happens."""
     log = RecordingLog(method)
     chosen = range(len(sites)) if layers is None else layers
