@@ -79,11 +79,14 @@ class _DenseLayer:
         del created  # only its header and size were needed
         self.handle = open(self.path, "r+b")
 
+    def encoded(self, weights: np.ndarray) -> np.ndarray:
+        """Float32 weights in this layer's dtype (a whole block at once: one call, not one per head)."""
+        return to_float16(weights) if self.dtype == np.float16 else np.asarray(weights, dtype=self.dtype)
+
     def write(self, head: int, first_cell: int, cells: np.ndarray) -> None:
-        """Write consecutive float32 cells of one head, from its cell `first_cell` on."""
+        """Write consecutive cells of one head (encoded), from its cell `first_cell` on."""
         self.handle.seek(self.offset + (head * self.head_cells + first_cell) * self.dtype.itemsize)
-        stored = to_float16(cells) if self.dtype == np.float16 else np.ascontiguousarray(cells, dtype=self.dtype)
-        self.handle.write(memoryview(stored))
+        self.handle.write(memoryview(np.ascontiguousarray(cells, dtype=self.dtype)))
 
     def close(self) -> dict[str, Any]:
         self.handle.close()
@@ -180,7 +183,7 @@ class LayerWriter:
         mask = key_mask(row_start, rows, width, self.causal)
         block = row_start // ROW_BLOCK
         ends_block = row_start + rows == min((block + 1) * ROW_BLOCK, self.num_tokens)
-        values = diffuse(weights) if self.encoding.chunked else weights
+        values = opened.file.encoded(weights) if isinstance(opened.file, _DenseLayer) else diffuse(weights)
         first_cell = row_start * (row_start + 1) // 2 if self.causal else row_start * self.num_tokens
         for offset, head_values in enumerate(values):
             if isinstance(opened.file, _ChunkedLayer):
