@@ -4,6 +4,7 @@ the fallback where SDPA cannot reproduce a call, the writer thread's errors, and
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -196,3 +197,21 @@ def test_a_failing_capture_leaves_no_store_and_restores_attention(tmp_path: Path
     assert list(tmp_path.iterdir()) == []
     assert attention_state() == before and model.config._attn_implementation == "sdpa"
 
+
+
+@pytest.mark.parametrize("dtype", ["float16", "uint8", "float32"])
+def test_encoding_threads_write_the_same_bytes(dtype: str, tmp_path: Path) -> None:
+    """A block's heads encoded in parts on threads give the files one thread gives, byte for byte."""
+    heads, tokens = 9, 150
+    generator = np.random.default_rng(0)
+    weights = np.tril(generator.random((2, heads, tokens, tokens), dtype=np.float32) ** 6)
+    weights /= weights.sum(axis=-1, keepdims=True)
+    sections = []
+    for name, parallel in (("one", None), ("threads", ThreadPoolExecutor(max_workers=3))):
+        writer = LayerWriter(tmp_path / name, heads, tokens, True, dtype, parallel=parallel)
+        for layer in range(2):
+            for first in range(0, tokens, 64):
+                writer.write_block(layer, 0, first, weights[layer, :, first:first + 64, :first + 64])
+            writer.finish_layer(layer)
+        sections.append(writer.attention_section())
+    assert sections[0] == sections[1]  # checksums and metrics included

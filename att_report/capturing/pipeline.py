@@ -39,7 +39,7 @@ from att_report.capturing.prompts import PromptTokens, check_prompt_options, tok
 from att_report.capturing.recorder import AttentionSite, RecordingLog, find_attention_sites, probe_attention, recording
 from att_report.capturing.saliency import saliency_maps
 from att_report.capturing.scope import Scope, resolve_scope
-from att_report.capturing.streaming import block_stream
+from att_report.capturing.streaming import block_stream, encoding_threads
 from att_report.store import LayerWriter, is_store, write_array, write_manifest
 from att_report.store.space import check_disk_space, human_bytes, projected_store_bytes
 from att_report.token_text import token_texts
@@ -93,9 +93,9 @@ def capture_loaded(loaded: LoadedModel, config: CaptureConfig, output: Path, loa
     _check_space(output, scope, len(ids), loaded.causal, config)
     started = time.perf_counter()
     return_large_blocks_to_system()
-    with staged_directory(output) as staging:
+    with staged_directory(output) as staging, encoding_threads() as parallel:
         writer = LayerWriter(staging, facts["num_heads"], len(ids), loaded.causal, config.attention_dtype,
-                             layer_indices=scope.layers, head_indices=scope.heads)
+                             layer_indices=scope.layers, head_indices=scope.heads, parallel=parallel)
         recorded = _record(loaded, sites, method, scope, ids, len(completion_ids), writer, config.progress, neurons)
         timings["record_s"] = round(time.perf_counter() - started, 3)
         manifest = {

@@ -8,6 +8,7 @@ stopped before the capture's staged directory is removed.
 
 from __future__ import annotations
 
+import os
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -19,6 +20,7 @@ import torch
 
 from att_report.capturing.heap import return_freed_memory
 from att_report.store import LayerWriter
+from att_report.store.writer import PARALLEL_PARTS
 
 IN_FLIGHT = 2
 
@@ -56,6 +58,18 @@ class BlockStream:
         """Wait for every block handed over to be written, raising the writer's error if it had one."""
         while self.pending:
             self.pending.popleft().result()
+
+
+@contextmanager
+def encoding_threads() -> Iterator[ThreadPoolExecutor | None]:
+    """Threads for the writer to encode a block's heads on, where the machine has cores to spare beyond the model's
+    (a quarter of them, up to PARALLEL_PARTS); None on a small machine, where they would only slow the model."""
+    count = min(PARALLEL_PARTS, (os.cpu_count() or 1) // 4)
+    if count < 2:
+        yield None
+        return
+    with ThreadPoolExecutor(max_workers=count, thread_name_prefix="att-report-encoder") as threads:
+        yield threads
 
 
 @contextmanager

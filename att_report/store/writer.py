@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ from att_report.store.format import (
 )
 
 METRICS_SOURCE = "computed at capture from the model's float32 weights"
+PARALLEL_PARTS = 4  # a block's heads split into at most this many parts when a writer has threads
 
 
 def write_array(directory: Path, relative: str, array: np.ndarray) -> dict[str, Any]:
@@ -104,13 +106,18 @@ class _ChunkedLayer:
         self.index = np.full((num_heads, row_blocks(num_tokens), 2), -1, dtype=np.int64)
         self.pending: list[list[np.ndarray]] = [[] for _ in range(num_heads)]
 
-    def write(self, head: int, block: int, cells: np.ndarray, ends_block: bool) -> None:
-        """Take the next rows of one head's row block as cells; compress and append the block once it ends."""
+    def chunk(self, head: int, cells: np.ndarray, ends_block: bool) -> bytes | None:
+        """Take the next rows of one head's row block as cells; give the block's compressed chunk once it ends (each
+        head's rows are its own, so heads may take theirs on different threads)."""
         self.pending[head].append(cells)
         if not ends_block:
-            return
+            return None
         chunk = encode_chunk(np.concatenate(self.pending[head]))
         self.pending[head] = []
+        return chunk
+
+    def append(self, head: int, block: int, chunk: bytes) -> None:
+        """Append one head's chunk of row block `block` (one thread, in a fixed order: the same bytes every time)."""
         self.index[head, block] = (self.size, len(chunk))
         self.hashing.write(chunk)
         self.size += len(chunk)
@@ -136,11 +143,15 @@ class LayerWriter:
     `num_heads` is the model's query heads per layer; `head_indices` (default all) the ones stored, in stored order;
     `layer_indices` (default: whatever layers are written) the model's layers to store. `dtype` is the user's
     choice of ATTENTION_DTYPE_CHOICES (`auto`: float16 below COMPACT_FROM_TOKENS tokens, uint8-diffused from there).
+    With `parallel`, the heads of each block are measured and encoded in parts on its threads (numpy and zlib
+    release the GIL there), and written in head order by the calling thread, so the files are the same bytes.
     """
 
     def __init__(self, directory: Path, num_heads: int, num_tokens: int, causal: bool, dtype: str = AUTO, *,
-                 layer_indices: Sequence[int] | None = None, head_indices: Sequence[int] | None = None) -> None:
+                 layer_indices: Sequence[int] | None = None, head_indices: Sequence[int] | None = None,
+                 parallel: Executor | None = None) -> None:
         self.directory, self.num_tokens, self.causal = directory, num_tokens, causal
+        self.parallel = parallel  # measures and encodes a block's heads in parts on these threads, if given
         self.encoding = resolve_encoding(dtype, num_tokens)
         self.head_indices = list(range(num_heads)) if head_indices is None else list(head_indices)
         if not self.head_indices or sorted(set(self.head_indices)) != self.head_indices or not (
@@ -179,17 +190,33 @@ class LayerWriter:
         rows = weights.shape[1]
         width = row_start + rows if self.causal else self.num_tokens  # keys past the last row hold no weight
         weights = weights[:, :, :width]
-        opened.metrics.add(head_start, row_start, weights)
         mask = key_mask(row_start, rows, width, self.causal)
         block = row_start // ROW_BLOCK
         ends_block = row_start + rows == min((block + 1) * ROW_BLOCK, self.num_tokens)
-        values = opened.file.encoded(weights) if isinstance(opened.file, _DenseLayer) else diffuse(weights)
+        file = opened.file
+
+        def encode(first: int, end: int) -> list[Any]:
+            """Measure and encode heads first..end of the block: each head's cells (dense) or chunk (or None)."""
+            part = weights[first:end]
+            opened.metrics.add(head_start + first, row_start, part)
+            if isinstance(file, _DenseLayer):
+                return [values[mask] for values in file.encoded(part)]
+            return [file.chunk(head_start + first + offset, values[mask], ends_block)
+                    for offset, values in enumerate(diffuse(part))]
+
+        count = weights.shape[0]
+        step = count if self.parallel is None else -(-count // PARALLEL_PARTS)
+        bounds = [(first, min(first + step, count)) for first in range(0, count, step)]
+        if self.parallel is None or len(bounds) == 1:
+            encoded = [encode(first, end) for first, end in bounds]
+        else:
+            encoded = list(self.parallel.map(lambda part: encode(*part), bounds))
         first_cell = row_start * (row_start + 1) // 2 if self.causal else row_start * self.num_tokens
-        for offset, head_values in enumerate(values):
-            if isinstance(opened.file, _ChunkedLayer):
-                opened.file.write(head_start + offset, block, head_values[mask], ends_block)
-            else:
-                opened.file.write(head_start + offset, first_cell, head_values[mask])
+        for offset, item in enumerate(item for part in encoded for item in part):
+            if isinstance(file, _DenseLayer):
+                file.write(head_start + offset, first_cell, item)
+            elif item is not None:
+                file.append(head_start + offset, block, item)
 
     def finish_layer(self, layer: int) -> None:
         """Close a layer whose blocks are all written, and record its file and metrics."""
