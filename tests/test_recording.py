@@ -201,7 +201,8 @@ def test_a_failing_capture_leaves_no_store_and_restores_attention(tmp_path: Path
 
 @pytest.mark.parametrize("dtype", ["float16", "uint8", "float32"])
 def test_encoding_threads_write_the_same_bytes(dtype: str, tmp_path: Path) -> None:
-    """A block's heads encoded in parts on threads give the files one thread gives, byte for byte."""
+    """A block's heads encoded in parts on threads give the files one thread gives, byte for byte, and the same head
+    metrics up to float64 rounding."""
     heads, tokens = 9, 150
     generator = np.random.default_rng(0)
     weights = np.tril(generator.random((2, heads, tokens, tokens), dtype=np.float32) ** 6)
@@ -214,4 +215,6 @@ def test_encoding_threads_write_the_same_bytes(dtype: str, tmp_path: Path) -> No
                 writer.write_block(layer, 0, first, weights[layer, :, first:first + 64, :first + 64])
             writer.finish_layer(layer)
         sections.append(writer.attention_section())
-    assert sections[0] == sections[1]  # checksums and metrics included
+    metrics = [np.array(section.pop("metrics")["values"]) for section in sections]
+    assert sections[0] == sections[1]  # the layer files' checksums included
+    np.testing.assert_allclose(metrics[0], metrics[1], rtol=1e-12)  # sums over fewer heads may round differently

@@ -144,7 +144,8 @@ class LayerWriter:
     `layer_indices` (default: whatever layers are written) the model's layers to store. `dtype` is the user's
     choice of ATTENTION_DTYPE_CHOICES (`auto`: float16 below COMPACT_FROM_TOKENS tokens, uint8-diffused from there).
     With `parallel`, the heads of each block are measured and encoded in parts on its threads (numpy and zlib
-    release the GIL there), and written in head order by the calling thread, so the files are the same bytes.
+    release the GIL there), and written in head order by the calling thread, so the files are the same bytes (a head
+    metric, summed over fewer heads at a time, may differ in its last float64 bit).
     """
 
     def __init__(self, directory: Path, num_heads: int, num_tokens: int, causal: bool, dtype: str = AUTO, *,
