@@ -164,6 +164,8 @@ def add_capture_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--neurons", type=int, default=0, metavar="K", help=helped("neurons"))
     parser.add_argument("--predict-all", action="store_true", help=helped("predict_all"))
     parser.add_argument("--attention-dtype", choices=ATTENTION_DTYPE_CHOICES, default="auto", help=helped("attention_dtype"))
+    parser.add_argument("--layers", metavar="SPEC", help=helped("layers"))
+    parser.add_argument("--heads", metavar="SPEC", help=helped("heads"))
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
 
 
@@ -185,7 +187,8 @@ def capture_config_from(args: argparse.Namespace, force: bool) -> CaptureConfig:
         chat=args.chat, system=args.system, completion=completion, max_new_tokens=args.max_new_tokens,
         sample=args.sample, seed=args.seed, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
         saliency=args.saliency, neurons=args.neurons, predict_all=args.predict_all,
-        attention_dtype=args.attention_dtype, force=force, progress=args.progress,
+        attention_dtype=args.attention_dtype, layers=args.layers, heads=args.heads, force=force,
+        progress=args.progress,
     )
 
 

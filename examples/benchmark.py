@@ -6,6 +6,12 @@ Render: wall time, report bytes per stored attention value, largest file; in hea
 opening a chunk to interactive and the time of one hover update.
 
     python examples/benchmark.py [--runs 3] [--new-tokens 900] [--skip-browser]
+
+--sweep instead times capture at length, each measurement in a fresh process: a long prompt and a short
+teacher-forced completion at each of --lengths tokens, a plain SDPA forward pass against the whole capture, peak
+RSS, and store bytes per stored weight, for the default attention encoding and for float16.
+
+    python examples/benchmark.py --sweep [--lengths 1000,2000,4000,8000]
 """
 
 from __future__ import annotations
@@ -33,7 +39,12 @@ def main() -> None:
     parser.add_argument("--skip-browser", action="store_true", help="skip the headless Chromium timings")
     parser.add_argument("--store", type=Path, help="render this existing capture instead of capturing (render figures only)")
     parser.add_argument("--saliency-tokens", type=int, default=64, help="completion tokens explained by the saliency run")
+    parser.add_argument("--sweep", action="store_true", help="time capture against a plain forward pass at --lengths")
+    parser.add_argument("--lengths", default="1000,2000,4000,8000", help="token counts for --sweep, comma-separated")
     args = parser.parse_args()
+    if args.sweep:
+        sweep([int(length) for length in args.lengths.split(",")])
+        return
     with tempfile.TemporaryDirectory() as scratch:
         store = args.store or benchmark_capture(Path(scratch), args.runs, args.new_tokens)
         benchmark_render(Path(scratch), store, args.runs, args.skip_browser)
@@ -247,6 +258,72 @@ def browser_timings(chunk: Path, num_tokens: int, runs: int) -> dict[str, object
         "hover update, median ms (p95)": f"{statistics.median(h[0] for h in hovers):.2f} "
                                          f"({statistics.median(h[1] for h in hovers):.2f})",
     }
+
+
+SWEEP_COMPLETION = " In short, it changed how ideas spread, and nothing was the same again."
+# One measurement in a fresh process, after a short warm-up pass: argv = mode (plain or capture), tokens, attention
+# dtype, scratch folder. Prints the wall seconds, for a capture its recording pass's seconds, the peak RSS in kB
+# (ru_maxrss), and for a capture its store bytes, stored weights, token count, encoding and recording method.
+SWEEP_PROBE = f"""
+import json, pathlib, resource, sys, time
+import torch
+from att_report.capturing.config import CaptureConfig
+from att_report.capturing.models import load_model
+mode, tokens, dtype, scratch = sys.argv[1], int(sys.argv[2]), sys.argv[3], pathlib.Path(sys.argv[4])
+loaded = load_model(CaptureConfig(prompt="x", progress=False))
+completion = loaded.tokenizer({SWEEP_COMPLETION!r}, add_special_tokens=False).input_ids
+unit = loaded.tokenizer({PROMPT!r} + " ", add_special_tokens=False).input_ids
+prompt_ids = (unit * (tokens // len(unit) + 1))[:tokens - len(completion)]
+ids = torch.tensor([prompt_ids + completion])
+with torch.inference_mode():  # page the memory-mapped weights in and warm the kernels up, for both modes alike
+    loaded.model(ids[:, :16], use_cache=False)
+if mode == "plain":
+    with torch.inference_mode():
+        started = time.perf_counter()
+        loaded.model(ids, attention_mask=torch.ones_like(ids), use_cache=False, logits_to_keep=1)
+        print(time.perf_counter() - started, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+else:
+    from att_report.capturing.pipeline import capture_loaded
+    config = CaptureConfig(prompt=loaded.tokenizer.decode(prompt_ids), completion={SWEEP_COMPLETION!r},
+                           attention_dtype=dtype, force=True, progress=False)
+    started = time.perf_counter()
+    store = capture_loaded(loaded, config, scratch / "capture", 0.0)
+    wall = time.perf_counter() - started
+    manifest = json.loads((store / "manifest.json").read_text())
+    attention = manifest["attention"]
+    count = attention["num_tokens"]
+    weights = len(attention["layer_indices"]) * len(attention["head_indices"]) * count * (count + 1) // 2
+    size = sum(entry["bytes"] + entry.get("index", {{}}).get("bytes", 0) for entry in attention["files"])
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(wall, manifest["timings"]["record_s"], peak, size, weights, count, attention["encoding"],
+          manifest["generation"]["record_attention"].replace(" ", "_"))
+"""
+
+
+def sweep(lengths: list[int]) -> None:
+    """For each length and encoding (the default, and float16 where the default is not float16 already), a plain
+    forward pass and a capture, each in a fresh process; print one table row per pair."""
+    header = ("tokens", "encoding", "plain s", "capture s", "capture/plain", "recording pass s", "recording/plain",
+              "peak RSS plain MB", "peak RSS capture MB", "store bytes/weight", "recorded by")
+    print(" | ".join(header))
+    for length in lengths:
+        plain_wall, plain_kb = map(float, run_probe("plain", length, "auto")[:2])
+        for dtype in ("auto", "float16"):
+            wall, record, peak_kb, size, weights, count, encoding, method = run_probe("capture", length, dtype)
+            row = (count, encoding, f"{plain_wall:.2f}", f"{float(wall):.2f}", f"{float(wall) / plain_wall:.2f}",
+                   f"{float(record):.2f}", f"{float(record) / plain_wall:.2f}", round(plain_kb / 1024),
+                   round(float(peak_kb) / 1024), f"{int(size) / int(weights):.4f}", method)
+            print(" | ".join(str(cell) for cell in row))
+            sys.stdout.flush()
+            if encoding == "float16":
+                break
+
+
+def run_probe(mode: str, tokens: int, dtype: str) -> list[str]:
+    with tempfile.TemporaryDirectory() as scratch:
+        result = subprocess.run([sys.executable, "-c", SWEEP_PROBE, mode, str(tokens), dtype, scratch],
+                                capture_output=True, text=True, check=True)
+    return result.stdout.split()[-8:] if mode == "capture" else result.stdout.split()[-2:]
 
 
 def report(stage: str, figures: dict[str, object]) -> None:

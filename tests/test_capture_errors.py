@@ -124,6 +124,13 @@ BAD_INPUTS: dict[str, tuple[Arguments, tuple[str, ...]]] = {
         lambda models, scratch: ["--model", str(models("gpt2")), "--prompt-file", str(scratch / "prompt.txt")],
         ("--prompt-file", "prompt.txt does not exist", "UTF-8 text file"),
     ),
+    "layer out of range": (
+        tiny("gpt2", "--prompt", "hello", "--max-new-tokens", "2", "--layers", "0,2"),
+        ("--layers '0,2': layer 2 does not exist, this model has 2 layers (0-1)",),
+    ),
+    "head out of range": (
+        tiny("llama-gqa", "--prompt", "hi", "--max-new-tokens", "2", "--heads", "1-4"), ("head 4 does not exist",),
+    ),
 }
 
 
@@ -218,6 +225,10 @@ REFUSED_WITHOUT_TORCH: dict[str, tuple[list[str], str]] = {
     "missing model folder": (["--model", "./no-such-model", "--prompt", "hi", "-o", "{new}"], "does not exist"),
     "missing GGUF file": (["--gguf-file", "no.gguf", "--prompt", "hi", "-o", "{new}"], "no.gguf does not exist"),
     "empty prompt file": (["--prompt-file", "{empty_file}", "-o", "{new}"], "the prompt is empty"),
+    "layers not a number": (["--prompt", "hi", "--layers", "1,x", "-o", "{new}"], "'x' is not an index or a range"),
+    "reversed head range": (["--prompt", "hi", "--heads", "3-1", "-o", "{new}"], "runs backwards; write it as 1-3"),
+    "empty layers": (["--prompt", "hi", "--layers", " ", "-o", "{new}"], "names no layers"),
+    "run: empty heads": (["--prompt", "hi", "--heads", "", "-o", "{new}"], "names no heads"),
     "run: kept capture exists": (["--prompt", "hi", "-o", "{new}", "--keep-capture", "{capture}", "--force"],
                                  "pass --force-capture to replace it"),
 }

@@ -19,6 +19,8 @@ from transformers import (
     BertForMaskedLM,
     GemmaConfig,
     GemmaForCausalLM,
+    Gemma2Config,
+    Gemma2ForCausalLM,
     GPT2Config,
     GPT2LMHeadModel,
     GPTNeoXConfig,
@@ -49,6 +51,7 @@ CORPUS = [
 VOCAB_SIZE = 300
 BOS, EOS, PAD = "<s>", "</s>", "<pad>"
 CONTEXT_LENGTH = 64  # small, so a test can ask for more tokens than a tiny model accepts
+WINDOW = 4  # a sliding window shorter than every test prompt
 INIT_RANGE = 0.3  # large enough that random attention is sharply non-uniform
 CHAT_TEMPLATE = (
     "{% for message in messages %}<s>{{ message['role'] }}\n{{ message['content'] }}</s>\n{% endfor %}"
@@ -103,6 +106,11 @@ TINY_KINDS: dict[str, TinyKind] = {
         Phi3ForCausalLM,
     ),
     "gemma": TinyKind(_rope_decoder(GemmaConfig, num_key_value_heads=1), GemmaForCausalLM),
+    # attention that SDPA cannot reproduce: soft-capped logits (so no SDPA at all), and a window shorter than a prompt
+    "gemma2-softcap": TinyKind(_rope_decoder(Gemma2Config, num_key_value_heads=2, sliding_window=WINDOW,
+                                             attn_logit_softcapping=5.0), Gemma2ForCausalLM),
+    "mistral-window": TinyKind(_rope_decoder(MistralConfig, num_key_value_heads=2, sliding_window=WINDOW),
+                               MistralForCausalLM),
     "bert": TinyKind(
         lambda vocab: BertConfig(vocab_size=vocab, max_position_embeddings=CONTEXT_LENGTH,
                                  initializer_range=INIT_RANGE, pad_token_id=0, **SHAPE),

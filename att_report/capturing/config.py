@@ -6,8 +6,8 @@ import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from att_report.capturing.scope import check_scope_syntax
 from att_report.errors import UsageError
-
 from att_report.store.format import ATTENTION_DTYPE_CHOICES, COMPACT_FROM_TOKENS
 
 MODEL_DTYPE_CHOICES = ("auto", "float32", "float16", "bfloat16")
@@ -39,6 +39,8 @@ class CaptureConfig:
     neurons: int = field(default=0, metadata={"help": "also store, per layer, the K hidden units that vary most across tokens"})
     predict_all: bool = field(default=False, metadata={"help": "encoders with a masked-LM head: top-5 predictions at every position, not only [MASK]"})
     attention_dtype: str = field(default="auto", metadata={"help": "how attention is stored: float16 (each weight within 2^-11 relative), float32 (exact), uint8 (error-diffused bytes: each weight within 1/255, no mass lost, about 0.03 bytes a weight at length), or auto: float16 below " f"{COMPACT_FROM_TOKENS:,} tokens, uint8 from there on"})
+    layers: str | None = field(default=None, metadata={"help": "store only these layers, as indices and ranges like 0,15,29 or 0-3,7 (default: all)"})
+    heads: str | None = field(default=None, metadata={"help": "store only these heads of each stored layer, like 0-3,7; with grouped-query attention, query heads (default: all)"})
     force: bool = field(default=False, metadata={"help": "replace an existing capture at the output path"})
     progress: bool = field(default=True, metadata={"help": "show progress bars"})
 
@@ -63,6 +65,7 @@ def check_settings(config: CaptureConfig) -> None:
         raise UsageError(f"--top-k is {config.top_k}; give 0 (all tokens) or more.")
     if not DEVICE_PATTERN.fullmatch(config.device):
         raise UsageError(f"--device {config.device!r} is not a device; use cpu, cuda, cuda:N, mps or auto.")
+    check_scope_syntax(config.layers, config.heads)
     _check_local_files(config)
 
 

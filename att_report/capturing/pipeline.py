@@ -1,8 +1,13 @@
 """The capture stage: generate (or take) a completion, then record prompt + completion attention to a store.
 
-Generation runs with the model's fast attention. Then one forward pass over the whole sequence runs with eager
-attention (head-chunked where a probe shows that changes nothing), and each layer's weights stream to disk as that
-layer finishes: for a causal model, token t's attention in this pass is the attention it had while being generated.
+Generation runs with the model's fast attention. Then one forward pass over the whole sequence records the weights
+(beside the fast attention, or with eager attention, as a probe decides: recorder.py), and they stream to disk
+block by block on a writer thread: for a causal model, token t's attention in this pass is the attention it had
+while being generated.
+
+The recording pass does not reuse generation's key/value cache: the pass needs every position's queries, which the
+cache does not hold, and generation computed its keys over many calls of different shapes, so one pass over the
+whole sequence is both simpler and the one whose weights the probe proves equal to eager attention's.
 """
 
 from __future__ import annotations
@@ -12,7 +17,6 @@ import os
 import platform
 import sys
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -32,16 +36,12 @@ from att_report.capturing.logprobs import TOP_ALTERNATIVES, CompletionScores, sc
 from att_report.capturing.models import LoadedModel, context_length, is_causal_config, load_model, model_facts
 from att_report.capturing.neurons import NeuronRecorder, check_neuron_count, layer_modules, recording_neurons
 from att_report.capturing.prompts import PromptTokens, check_prompt_options, tokenize_input
-from att_report.capturing.recorder import (
-    AttentionSite,
-    RecordingLog,
-    eager_attention,
-    find_attention_sites,
-    probe_attention,
-    recording,
-)
+from att_report.capturing.recorder import AttentionSite, RecordingLog, find_attention_sites, probe_attention, recording
 from att_report.capturing.saliency import saliency_maps
+from att_report.capturing.scope import Scope, resolve_scope
+from att_report.capturing.streaming import block_stream, encoding_threads
 from att_report.store import LayerWriter, is_store, write_array, write_manifest
+from att_report.store.space import check_disk_space, human_bytes, projected_store_bytes
 from att_report.token_text import token_texts
 
 
@@ -81,26 +81,28 @@ def capture_loaded(loaded: LoadedModel, config: CaptureConfig, output: Path, loa
     tokens = tokenize_input(loaded.tokenizer, config, loaded.causal)
     facts = model_facts(loaded)
     _check_request(loaded, tokens, config)
+    scope = resolve_scope(config.layers, config.heads, facts["num_layers"], facts["num_heads"])
     sites = find_attention_sites(loaded.model, facts["num_layers"])
-    chunked = probe_attention(loaded.model, sites, tokens.prompt_ids, facts["num_heads"])
+    method = probe_attention(loaded.model, sites, tokens.prompt_ids, facts["num_heads"])
     neurons = NeuronRecorder(config.neurons) if config.neurons else None
     timings = {"load_s": round(load_seconds, 3)}
     started = time.perf_counter()
     completion_ids, stop_reason = _completion(loaded, tokens, config)
     timings["generate_s"] = round(time.perf_counter() - started, 3)
     ids = tokens.prompt_ids + completion_ids
+    _check_space(output, scope, len(ids), loaded.causal, config)
     started = time.perf_counter()
     return_large_blocks_to_system()
-    with staged_directory(output) as staging:
-        writer = LayerWriter(staging, facts["num_heads"], len(ids), loaded.causal, config.attention_dtype)
-        recorded = _record(loaded, sites, chunked, ids, len(completion_ids), writer, config.progress, neurons)
+    with staged_directory(output) as staging, encoding_threads() as parallel:
+        writer = LayerWriter(staging, facts["num_heads"], len(ids), loaded.causal, config.attention_dtype,
+                             layer_indices=scope.layers, head_indices=scope.heads, parallel=parallel)
+        recorded = _record(loaded, sites, method, scope, ids, len(completion_ids), writer, config.progress, neurons)
         timings["record_s"] = round(time.perf_counter() - started, 3)
         manifest = {
             "model": facts,
             "input": {"mode": tokens.mode, "prompt": config.prompt, "system": config.system},
             "tokens": _token_section(loaded.tokenizer, ids, len(tokens.prompt_ids)),
-            "generation": _generation_section(config, tokens, stop_reason, loaded,
-                                              recorded.log.implementation(len(sites))),
+            "generation": _generation_section(config, tokens, stop_reason, loaded, recorded.log.implementation()),
             "completion": _completion_section(loaded.tokenizer, recorded.scores),
             "attention": writer.attention_section(),
             "software": _software(),
@@ -117,6 +119,15 @@ def capture_loaded(loaded: LoadedModel, config: CaptureConfig, output: Path, loa
             timings["saliency_s"] = round(time.perf_counter() - started, 3)
         write_manifest(staging, manifest)
     return output
+
+
+def _check_space(output: Path, scope: Scope, num_tokens: int, causal: bool, config: CaptureConfig) -> None:
+    """Say how big the store will be and refuse before recording if its disk cannot hold it."""
+    needed = projected_store_bytes(len(scope.layers), len(scope.heads), num_tokens, causal, config.attention_dtype)
+    check_disk_space(output.parent, needed)
+    if config.progress:
+        print(f"att-report: the store will take about {human_bytes(needed)} ({len(scope.layers)} layers x "
+              f"{len(scope.heads)} heads x {num_tokens} tokens)", file=sys.stderr)
 
 
 def _check_request(loaded: LoadedModel, tokens: PromptTokens, config: CaptureConfig) -> None:
@@ -201,10 +212,11 @@ def _eos_ids(model: Any) -> list[int]:
     return [eos] if isinstance(eos, int) else list(eos)
 
 
-def _record(loaded: LoadedModel, sites: list[AttentionSite], chunked: bool, ids: list[int], completion_length: int,
-            writer: LayerWriter, progress: bool, neurons: NeuronRecorder | None) -> RecordedOutputs:
-    """Run one eager forward pass (head-chunked if `chunked`), streaming each layer's weights to `writer`; score the
-    completion."""
+def _record(loaded: LoadedModel, sites: list[AttentionSite], method: str, scope: Scope, ids: list[int],
+            completion_length: int, writer: LayerWriter, progress: bool,
+            neurons: NeuronRecorder | None) -> RecordedOutputs:
+    """Run one forward pass recording with `method` the attention of the layers and heads in `scope`, streaming it
+    to `writer` block by block; score the completion."""
     model = loaded.model
     layers = layer_modules(model, len(sites)) if neurons is not None else []
     input_ids = torch.tensor([ids], device=model.device)
@@ -212,38 +224,14 @@ def _record(loaded: LoadedModel, sites: list[AttentionSite], chunked: bool, ids:
     if loaded.causal and "logits_to_keep" in inspect.signature(model.forward).parameters:
         options["logits_to_keep"] = 1
     first_predictor = len(ids) - completion_length - 1
-    bar = tqdm(total=len(sites), desc="recording attention", unit="layer", disable=not progress)
-    # One worker writes each head group to disk while the next computes; waiting for it before queueing the next
-    # write keeps at most one group in flight.
-    with ThreadPoolExecutor(max_workers=1) as disk:
-        pending: list[Future[None]] = []
-        filled: dict[int, int] = {}
-
-        def write_heads(layer: int, first_head: int, weights: np.ndarray) -> None:
-            writer.write_block(layer, first_head, 0, weights)
-            filled[layer] = filled.get(layer, 0) + weights.shape[0]
-            if filled[layer] == writer.num_heads:
-                writer.finish_layer(layer)
-
-        def store_heads(layer: int, first_head: int, weights: torch.Tensor) -> None:
-            block = weights.float().cpu().numpy()
-            if pending:
-                pending[-1].result()
-            pending.append(disk.submit(write_heads, layer, first_head, block))
-            if first_head + block.shape[0] == writer.num_heads:
-                bar.update(1)
-
-        try:
-            with eager_attention(model), torch.inference_mode(), recording(sites, store_heads, chunked) as log, \
-                    recording_neurons(layers, neurons or NeuronRecorder(0)), \
-                    tapping_final_hidden(model, first_predictor, len(ids)) as final_hidden:
-                outputs = model(input_ids, attention_mask=torch.ones_like(input_ids), use_cache=False, **options)
-        finally:
-            bar.close()
-        for write in pending:
-            write.result()
-    if len(writer.files) != len(sites):
-        raise ModelError(f"only {len(writer.files)} of {len(sites)} layers returned attention weights.")
+    with tqdm(total=len(scope.layers), desc="recording attention", unit="layer", disable=not progress) as bar, \
+            block_stream(writer, scope.heads, bar) as stream, torch.inference_mode(), \
+            recording(model, sites, stream, method, scope.layers, scope.heads) as log, \
+            recording_neurons(layers, neurons or NeuronRecorder(0)), \
+            tapping_final_hidden(model, first_predictor, len(ids)) as final_hidden:
+        outputs = model(input_ids, attention_mask=torch.ones_like(input_ids), use_cache=False, **options)
+    if len(writer.files) != len(scope.layers):
+        raise ModelError(f"only {len(writer.files)} of {len(scope.layers)} layers returned attention weights.")
     logits = getattr(outputs, "logits", None)
     if logits is None or not loaded.causal:
         return RecordedOutputs(log=log, encoder_logits=None if logits is None else logits[0], scores=None)

@@ -1,20 +1,24 @@
-"""Catch each layer's attention weights as the forward pass computes them, one layer at a time.
+"""Catch each layer's attention weights as the forward pass computes them, one block at a time.
 
 transformers (>= 5) declares, per model, which module class returns attention weights and at which output index
 (`_can_record_outputs["attentions"]`); that is the same declaration `output_attentions=True` relies on. We hook
 those modules directly instead, so each layer's weights go to disk and are freed before the next layer runs,
 rather than all layers being collected in memory.
 
-Eager attention holds a whole layer's scores and softmax at once. Where a probe shows it changes nothing, the
-recording pass instead runs the model's own eager attention function on a few heads at a time (head-chunked), so
-the peak is one chunk of heads, not a layer.
+Three ways to record, best first; a probe on a short prefix picks, per model, the best one that reproduces eager
+attention's weights and leaves the model's output as its fast path gives it:
+- sdpa-side-weights (side_weights.py): the model keeps its fast SDPA attention; the weights are computed beside
+  it per key/value head and block of rows;
+- head-chunked eager: eager attention, run on a few heads at a time, so the peak is a chunk of heads, not a layer;
+- eager: the model's eager attention, whole, each layer's weights taken from its attention module's output.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,12 +27,22 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+from att_report.capturing.side_weights import (
+    FAST_IMPLEMENTATION,
+    SIDE_WEIGHTS,
+    AttentionFunction,
+    BlockSink,
+    attention_function_replaced,
+    side_weights_attention,
+)
 from att_report.errors import ModelError
 
-LayerSink = Callable[[int, int, torch.Tensor], None]  # (layer, first head, weights of heads first.. as (heads, q, k))
-EagerFunction = Callable[..., tuple[torch.Tensor, torch.Tensor | None]]
+EAGER = "eager"
 HEAD_CHUNKED = "head-chunked eager"
 PROBE_TOKENS = 16
+# How far a float32 model's recorded weights may be from its eager attention's: side weights come from a differently
+# blocked product, whose float32 rounding (a few units in the last place of a logit, amplified by exp) shows.
+FLOAT32_TOLERANCE = 1e-5
 # Keyword arguments of an attention call that are the same for every head, so a chunk of heads may take them as
 # they are; any other (softcap, attention sinks, position bias, ...) makes that call run whole, as plain eager.
 HEAD_INDEPENDENT_KWARGS = frozenset({"dropout", "scaling", "sliding_window", "position_ids", "cache_position",
@@ -99,11 +113,12 @@ def eager_attention(model: PreTrainedModel) -> Iterator[None]:
         model.set_attn_implementation(previous)
 
 
-def probe_attention(model: PreTrainedModel, sites: list[AttentionSite], ids: list[int], num_heads: int) -> bool:
-    """Run a short forward pass to prove every layer returns (heads, T, T) weights, before any real work; say whether
-    head-chunked recording gives the same weights and output as eager, bit for bit (else recording stays eager)."""
+def probe_attention(model: PreTrainedModel, sites: list[AttentionSite], ids: list[int], num_heads: int) -> str:
+    """Run a short forward pass to prove every layer returns (heads, T, T) weights, before any real work; return the
+    best method (SIDE_WEIGHTS, HEAD_CHUNKED, EAGER) whose weights equal eager's (within the model dtype's tolerance
+    for side weights, bit for bit for chunks of eager) and whose output equals the model's plain pass."""
     input_ids = torch.tensor([ids[:PROBE_TOKENS]], device=model.device)
-    eager = _probe_pass(model, sites, input_ids, chunked=False)
+    eager = _probe_pass(model, sites, input_ids, EAGER)
     expected = (num_heads, input_ids.shape[1], input_ids.shape[1])
     shapes = [tuple(weights.shape) for weights in eager.layers]
     if len(shapes) != len(sites) or any(shape != expected for shape in shapes):
@@ -111,100 +126,151 @@ def probe_attention(model: PreTrainedModel, sites: list[AttentionSite], ids: lis
             f"{type(model).__name__} returned attention of shapes {sorted(set(shapes))}, expected {expected} from each "
             f"of {len(sites)} layers; att-report cannot record this model's attention."
         )
-    try:
-        chunked = _probe_pass(model, sites, input_ids, chunked=True)
-    except Exception:  # noqa: BLE001 (any failure of the chunked path only means this model records plain eager)
-        return False
-    return chunked.matches(eager) and len(chunked.log.chunked) == len(sites)
+    if model.config._attn_implementation == FAST_IMPLEMENTATION:
+        with torch.inference_mode():
+            plain = model(input_ids, attention_mask=torch.ones_like(input_ids), use_cache=False)[0]
+        side = _try_probe_pass(model, sites, input_ids, SIDE_WEIGHTS)
+        if side is not None and torch.equal(side.output, plain) and side.matches(eager, _tolerance(plain.dtype)):
+            return SIDE_WEIGHTS
+    chunked = _try_probe_pass(model, sites, input_ids, HEAD_CHUNKED)
+    return HEAD_CHUNKED if chunked is not None and chunked.matches(eager, 0.0) else EAGER
+
+
+def _tolerance(dtype: torch.dtype) -> float:
+    """How far side weights may be from eager's: FLOAT32_TOLERANCE, or one rounding step of a half-precision model's
+    weights."""
+    return FLOAT32_TOLERANCE if dtype == torch.float32 else float(torch.finfo(dtype).eps)
 
 
 @dataclass
 class _ProbeResult:
-    """Each layer's weights (heads, T, T) and the model's output of one probe pass."""
+    """Each layer's weights (heads, T, T) and the model's output of one probe pass, and how each layer recorded."""
 
     layers: list[torch.Tensor]
     output: torch.Tensor
     log: RecordingLog
 
-    def matches(self, other: _ProbeResult) -> bool:
-        if len(self.layers) != len(other.layers):
+    def matches(self, other: _ProbeResult, tolerance: float) -> bool:
+        """Whether every layer was recorded by this pass's method, with weights within `tolerance` of `other`'s
+        (eager's); a tolerance of 0 asks for the weights and the output bit for bit."""
+        if len(self.layers) != len(other.layers) or set(self.log.methods.values()) != {self.log.method}:
             return False
         pairs = [(self.output, other.output), *zip(self.layers, other.layers)]
-        return all(torch.equal(mine, theirs) for mine, theirs in pairs)
+        if tolerance == 0:
+            return all(torch.equal(mine, theirs) for mine, theirs in pairs)
+        return all(mine.shape == theirs.shape and float((mine.float() - theirs.float()).abs().max()) <= tolerance
+                   for mine, theirs in pairs[1:])
+
+
+def _try_probe_pass(model: PreTrainedModel, sites: list[AttentionSite], input_ids: torch.Tensor,
+                    method: str) -> _ProbeResult | None:
+    try:
+        return _probe_pass(model, sites, input_ids, method)
+    except Exception:  # noqa: BLE001 (any failure of a faster method only means this model records another way)
+        return None
 
 
 def _probe_pass(model: PreTrainedModel, sites: list[AttentionSite], input_ids: torch.Tensor,
-                chunked: bool) -> _ProbeResult:
-    chunks: dict[int, list[torch.Tensor]] = {}
+                method: str) -> _ProbeResult:
+    blocks: dict[int, list[tuple[list[int], int, torch.Tensor]]] = {}
 
-    def keep(layer: int, _first: int, weights: torch.Tensor) -> None:
-        chunks.setdefault(layer, []).append(weights.clone())
+    def keep(layer: int, heads: list[int], first_row: int, weights: torch.Tensor) -> None:
+        blocks.setdefault(layer, []).append((heads, first_row, weights.clone()))
 
-    with eager_attention(model), torch.inference_mode(), recording(sites, keep, chunked) as log:
+    with torch.inference_mode(), recording(model, sites, keep, method) as log:
         output = model(input_ids, attention_mask=torch.ones_like(input_ids), use_cache=False)[0]
-    layers = [torch.cat(chunks[layer]) for layer in sorted(chunks)]
-    return _ProbeResult(layers=layers, output=output, log=log)
+    return _ProbeResult(layers=[_assembled(blocks[layer]) for layer in sorted(blocks)], output=output, log=log)
+
+
+def _assembled(blocks: list[tuple[list[int], int, torch.Tensor]]) -> torch.Tensor:
+    """One layer's weights from its blocks (a whole layer's weights as given, whatever their shape)."""
+    if len(blocks) == 1:
+        return blocks[0][2]
+    length = max(first_row + weights.shape[1] for _, first_row, weights in blocks)
+    square = blocks[0][2].new_zeros((1 + max(max(heads) for heads, _, _ in blocks), length, length))
+    for heads, first_row, weights in blocks:
+        square[heads, first_row:first_row + weights.shape[1], :weights.shape[2]] = weights
+    return square
 
 
 @dataclass
 class RecordingLog:
-    """Which layers a recording pass recorded head-chunked; the others came whole from eager attention."""
+    """How each recorded layer was recorded (SIDE_WEIGHTS, HEAD_CHUNKED or EAGER): where a call could not take the
+    pass's method, it fell back."""
 
-    chunked: set[int] = field(default_factory=set)
+    method: str
+    methods: dict[int, str] = field(default_factory=dict)
 
-    def implementation(self, num_layers: int) -> str:
-        """Name what recorded the attention, for the manifest."""
-        if not self.chunked:
-            return "eager"
-        if len(self.chunked) == num_layers:
-            return HEAD_CHUNKED
-        return f"eager ({HEAD_CHUNKED} in {len(self.chunked)} of {num_layers} layers)"
+    def implementation(self) -> str:
+        """Name what recorded the attention, for the manifest: the method, and any layers recorded otherwise."""
+        counts = Counter(self.methods.values())
+        others = [f"{name} in {count} of {len(self.methods)} layers" for name, count in sorted(counts.items())
+                  if name != self.method]
+        return f"{self.method} ({'; '.join(others)})" if others else self.method
 
 
 @contextmanager
-def recording(sites: list[AttentionSite], sink: LayerSink, chunked: bool) -> Iterator[RecordingLog]:
-    """Hand each layer's weights to `sink(layer, first_head, weights)` as the forward pass produces them: in chunks
-    of heads where `chunked` (under eager attention), else whole from each attention module's output."""
-    log = RecordingLog()
-    handles = [site.module.register_forward_hook(_hook(layer, site.index, sink, log))
-               for layer, site in enumerate(sites)]
-    layers = {id(site.module): layer for layer, site in enumerate(sites)}
-    try:
-        with _eager_replaced(_chunked_attention(layers, sink, log)) if chunked else nullcontext():
-            yield log
-    finally:
-        for handle in handles:
-            handle.remove()
+def recording(model: PreTrainedModel, sites: list[AttentionSite], sink: BlockSink, method: str,
+              layers: Sequence[int] | None = None, heads: Sequence[int] | None = None) -> Iterator[RecordingLog]:
+    """Run the model's forward passes inside with `method` (SIDE_WEIGHTS, HEAD_CHUNKED or EAGER), handing the
+    weights of the query `heads` (None: all) of `layers` (None: all) to `sink` (side_weights.BlockSink); restore the
+    model's attention implementation and transformers' attention functions afterwards, whatever happens."""
+    log = RecordingLog(method)
+    chosen = range(len(sites)) if layers is None else layers
+    modules = {id(sites[layer].module): layer for layer in chosen}
+    with ExitStack() as stack:
+        for layer in chosen:
+            handle = sites[layer].module.register_forward_hook(_hook(layer, sites[layer].index, sink, log, heads))
+            stack.callback(handle.remove)
+        eager = _chunked_attention(modules, sink, log.methods, heads)
+        if method == SIDE_WEIGHTS:
+            stack.enter_context(attention_function_replaced(FAST_IMPLEMENTATION, side_weights_attention(
+                _fast_function(model), eager, modules, sink, heads, log.methods)))
+        else:
+            stack.enter_context(eager_attention(model))
+            if method == HEAD_CHUNKED:
+                stack.enter_context(attention_function_replaced(EAGER, eager))
+        yield log
 
 
-def _hook(layer: int, index: int, sink: LayerSink, log: RecordingLog) -> Callable[..., None]:
+def _fast_function(model: PreTrainedModel) -> AttentionFunction:
+    if model.config._attn_implementation != FAST_IMPLEMENTATION:
+        raise ModelError(f"{SIDE_WEIGHTS} needs the model on {FAST_IMPLEMENTATION} attention, not "
+                         f"{model.config._attn_implementation}.")
+    return ALL_ATTENTION_FUNCTIONS[FAST_IMPLEMENTATION]
+
+
+def _hook(layer: int, index: int, sink: BlockSink, log: RecordingLog,
+          heads: Sequence[int] | None) -> Callable[..., None]:
     def capture_output(_module: nn.Module, _args: Any, output: Any) -> None:
-        if layer in log.chunked:
-            return
         weights = output[index] if isinstance(output, (tuple, list)) else None
         if weights is None:
+            if layer in log.methods:
+                return  # recorded block by block, while the module ran
             raise ModelError(
                 f"layer {layer}'s attention module returned no weights; this model's attention implementation "
                 "does not expose them."
             )
-        sink(layer, 0, weights[0])
+        log.methods[layer] = EAGER
+        _emit(sink, layer, 0, 0, weights[0], heads)
 
     return capture_output
 
 
-@contextmanager
-def _eager_replaced(attention: EagerFunction) -> Iterator[None]:
-    """Route the models' eager attention calls to `attention` for a while (transformers looks the name up per call)."""
-    ALL_ATTENTION_FUNCTIONS["eager"] = attention
-    try:
-        yield
-    finally:
-        del ALL_ATTENTION_FUNCTIONS["eager"]
+def _emit(sink: BlockSink, layer: int, first_head: int, first_row: int, weights: torch.Tensor,
+          heads: Sequence[int] | None) -> None:
+    """Hand the chosen heads among heads first_head.. of `weights` to the sink, if any."""
+    present = range(first_head, first_head + weights.shape[0])
+    chosen = list(present) if heads is None else [head for head in heads if head in present]
+    if chosen:
+        sink(layer, chosen, first_row, weights if heads is None else weights[[head - first_head for head in chosen]])
 
 
-def _chunked_attention(layers: dict[int, int], sink: LayerSink, log: RecordingLog) -> EagerFunction:
+def _chunked_attention(layers: dict[int, int], sink: BlockSink, recorded: dict[int, str],
+                       heads: Sequence[int] | None) -> AttentionFunction:
     """An eager attention function that runs the model's own one on chunks of heads and hands each chunk's weights
-    to `sink`, returning no weights; calls it cannot split exactly run whole and return their weights as usual."""
+    to `sink` (entering the layer in `recorded`), returning no weights; calls it cannot split exactly run whole and
+    return their weights as usual."""
 
     def attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                   attention_mask: torch.Tensor | None, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -213,25 +279,25 @@ def _chunked_attention(layers: dict[int, int], sink: LayerSink, log: RecordingLo
         chunks = _head_chunks(module, query, key, value, attention_mask, kwargs)
         if layer is None or not chunks:
             return own(module, query, key, value, attention_mask, **kwargs)
-        heads, kv_heads = query.shape[1], key.shape[1]
+        query_heads, kv_heads = query.shape[1], key.shape[1]
         outputs = []
         for first_kv, end_kv in chunks:
-            first, end = first_kv * heads // kv_heads, end_kv * heads // kv_heads
+            first, end = first_kv * query_heads // kv_heads, end_kv * query_heads // kv_heads
             mask = attention_mask
-            if mask is not None and mask.shape[1] == heads > 1:
+            if mask is not None and mask.shape[1] == query_heads > 1:
                 mask = mask[:, first:end]
             output, weights = own(module, query[:, first:end], key[:, first_kv:end_kv], value[:, first_kv:end_kv],
                                   mask, **kwargs)
-            sink(layer, first, weights[0])
+            _emit(sink, layer, first, 0, weights[0], heads)
             del weights
             outputs.append(output)
-        log.chunked.add(layer)
+        recorded[layer] = HEAD_CHUNKED
         return torch.cat(outputs, dim=2), None
 
     return attention
 
 
-def _own_eager(module: nn.Module) -> EagerFunction:
+def _own_eager(module: nn.Module) -> AttentionFunction:
     """The eager attention function of the module's own modeling file, the one transformers calls for it."""
     function = getattr(sys.modules.get(type(module).__module__), "eager_attention_forward", None)
     if function is None:

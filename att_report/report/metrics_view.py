@@ -74,13 +74,12 @@ class MetricsView:
 
 
 def metrics_view(metrics: HeadMetrics, head_label: list[str], hrefs: dict[tuple[int, int], str]) -> MetricsView:
-    """Format every metric of every head for the index."""
-    layers, heads = metrics.shape
+    """Format every metric of every stored head for the index (`head_label` by the model's head index)."""
     rows = tuple(
         MetricRow(layer, head, head_label[head], hrefs[(layer, head)],
-                  tuple((repr(float(metrics.values(m.name)[layer, head])),
-                         format(float(metrics.values(m.name)[layer, head]), m.spec)) for m in METRICS))
-        for layer in range(layers) for head in range(heads)
+                  tuple((repr(float(metrics.values(m.name)[row, column])),
+                         format(float(metrics.values(m.name)[row, column]), m.spec)) for m in METRICS))
+        for row, layer in enumerate(metrics.layer_indices) for column, head in enumerate(metrics.head_indices)
     )
     return MetricsView(
         columns=tuple(MetricColumn(m.name, m.label, m.description) for m in METRICS),
@@ -96,10 +95,11 @@ def _heatmap(metrics: HeadMetrics, name: str, label: str, description: str, spec
     low, high = float(values.min()), float(values.max())
     span = high - low or 1.0
     rows = tuple(
-        tuple(HeatCell(hrefs[(layer, head)], f"layer {layer} · {head_label[head]} · {label} {values[layer, head]:{spec}}",
-                       _colour((values[layer, head] - low) / span))
-              for head in range(values.shape[1]))
-        for layer in range(values.shape[0])
+        tuple(HeatCell(hrefs[(layer, head)],
+                       f"layer {layer} · {head_label[head]} · {label} {values[row, column]:{spec}}",
+                       _colour((values[row, column] - low) / span))
+              for column, head in enumerate(metrics.head_indices))
+        for row, layer in enumerate(metrics.layer_indices)
     )
     return Heatmap(name, label, description, format(low, spec), format(high, spec), rows)
 
@@ -121,5 +121,5 @@ def _layer_chart(metrics: HeadMetrics) -> LayerChart:
 
     step = max(1, count // 10)
     return LayerChart(CHART_WIDTH, CHART_HEIGHT, points(statistics.entropy), points(statistics.sink),
-                      tuple((float(xs[layer]), str(layer)) for layer in range(0, count, step)),
+                      tuple((float(xs[row]), str(metrics.layer_indices[row])) for row in range(0, count, step)),
                       float(CHART_PAD + inner_height), float(CHART_PAD))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ from att_report.store.format import (
 )
 
 METRICS_SOURCE = "computed at capture from the model's float32 weights"
+PARALLEL_PARTS = 4  # a block's heads split into at most this many parts when a writer has threads
 
 
 def write_array(directory: Path, relative: str, array: np.ndarray) -> dict[str, Any]:
@@ -78,11 +80,14 @@ class _DenseLayer:
         del created  # only its header and size were needed
         self.handle = open(self.path, "r+b")
 
+    def encoded(self, weights: np.ndarray) -> np.ndarray:
+        """Float32 weights in this layer's dtype (a whole block at once: one call, not one per head)."""
+        return to_float16(weights) if self.dtype == np.float16 else np.asarray(weights, dtype=self.dtype)
+
     def write(self, head: int, first_cell: int, cells: np.ndarray) -> None:
-        """Write consecutive float32 cells of one head, from its cell `first_cell` on."""
+        """Write consecutive cells of one head (encoded), from its cell `first_cell` on."""
         self.handle.seek(self.offset + (head * self.head_cells + first_cell) * self.dtype.itemsize)
-        stored = to_float16(cells) if self.dtype == np.float16 else np.ascontiguousarray(cells, dtype=self.dtype)
-        self.handle.write(memoryview(stored))
+        self.handle.write(memoryview(np.ascontiguousarray(cells, dtype=self.dtype)))
 
     def close(self) -> dict[str, Any]:
         self.handle.close()
@@ -100,13 +105,18 @@ class _ChunkedLayer:
         self.index = np.full((num_heads, row_blocks(num_tokens), 2), -1, dtype=np.int64)
         self.pending: list[list[np.ndarray]] = [[] for _ in range(num_heads)]
 
-    def write(self, head: int, block: int, cells: np.ndarray, ends_block: bool) -> None:
-        """Take the next rows of one head's row block as cells; compress and append the block once it ends."""
+    def chunk(self, head: int, cells: np.ndarray, ends_block: bool) -> bytes | None:
+        """Take the next rows of one head's row block as cells; give the block's compressed chunk once it ends (each
+        head's rows are its own, so heads may take theirs on different threads)."""
         self.pending[head].append(cells)
         if not ends_block:
-            return
+            return None
         chunk = encode_chunk(np.concatenate(self.pending[head]))
         self.pending[head] = []
+        return chunk
+
+    def append(self, head: int, block: int, chunk: bytes) -> None:
+        """Append one head's chunk of row block `block` (one thread, in a fixed order: the same bytes every time)."""
         self.index[head, block] = (self.size, len(chunk))
         self.hashing.write(chunk)
         self.size += len(chunk)
@@ -140,11 +150,16 @@ class LayerWriter:
     `num_heads` is the model's query heads per layer; `head_indices` (default all) the ones stored, in stored order;
     `layer_indices` (default: whatever layers are written) the model's layers to store. `dtype` is the user's
     choice of ATTENTION_DTYPE_CHOICES (`auto`: float16 below COMPACT_FROM_TOKENS tokens, uint8-diffused from there).
+    With `parallel`, the heads of each block are measured and encoded in parts on its threads (numpy and zlib
+    release the GIL there), and written in head order by the calling thread, so the files are the same bytes (a head
+    metric, summed over fewer heads at a time, may differ in its last float64 bit).
     """
 
     def __init__(self, directory: Path, num_heads: int, num_tokens: int, causal: bool, dtype: str = AUTO, *,
-                 layer_indices: Sequence[int] | None = None, head_indices: Sequence[int] | None = None) -> None:
+                 layer_indices: Sequence[int] | None = None, head_indices: Sequence[int] | None = None,
+                 parallel: Executor | None = None) -> None:
         self.directory, self.num_tokens, self.causal = directory, num_tokens, causal
+        self.parallel = parallel  # measures and encodes a block's heads in parts on these threads, if given
         self.encoding = resolve_encoding(dtype, num_tokens)
         self.head_indices = list(range(num_heads)) if head_indices is None else list(head_indices)
         if not self.head_indices or sorted(set(self.head_indices)) != self.head_indices or not (
@@ -166,7 +181,7 @@ class LayerWriter:
     def write_block(self, layer: int, head_start: int, row_start: int, weights: np.ndarray) -> None:
         """Store float32 weights (h, r, T) of stored heads head_start.. and query rows row_start.. of the model's
         `layer`. A layer's blocks cover each (head, row) once, rows ascending within a head; a causal row's
-        columns above the diagonal are ignored."""
+        columns above the diagonal are ignored, and may be left out: a causal block may stop at key row_start + r."""
         opened = self._layer(layer)
         heads = range(head_start, head_start + weights.shape[0])
         self._check_block(layer, opened, heads, row_start, weights)
@@ -183,17 +198,32 @@ class LayerWriter:
         rows = weights.shape[1]
         width = row_start + rows if self.causal else self.num_tokens  # keys past the last row hold no weight
         weights = weights[:, :, :width]
-        opened.metrics.add(head_start, row_start, weights)
         block = row_start // ROW_BLOCK
         ends_block = row_start + rows == min((block + 1) * ROW_BLOCK, self.num_tokens)
-        values = diffuse(weights) if self.encoding.chunked else weights
+        file = opened.file
+
+        def encode(first: int, end: int) -> list[Any]:
+            """Measure and encode heads first..end of the block: each head's cells (dense) or chunk (or None)."""
+            part = weights[first:end]
+            opened.metrics.add(head_start + first, row_start, part)
+            if isinstance(file, _DenseLayer):
+                return [_cells(values, row_start, self.causal) for values in file.encoded(part)]
+            return [file.chunk(head_start + first + offset, _cells(values, row_start, self.causal), ends_block)
+                    for offset, values in enumerate(diffuse(part))]
+
+        count = weights.shape[0]
+        step = count if self.parallel is None else -(-count // PARALLEL_PARTS)
+        bounds = [(first, min(first + step, count)) for first in range(0, count, step)]
+        if self.parallel is None or len(bounds) == 1:
+            encoded = [encode(first, end) for first, end in bounds]
+        else:
+            encoded = list(self.parallel.map(lambda part: encode(*part), bounds))
         first_cell = row_start * (row_start + 1) // 2 if self.causal else row_start * self.num_tokens
-        for offset, head_values in enumerate(values):
-            cells = _cells(head_values, row_start, self.causal)
-            if isinstance(opened.file, _ChunkedLayer):
-                opened.file.write(head_start + offset, block, cells, ends_block)
-            else:
-                opened.file.write(head_start + offset, first_cell, cells)
+        for offset, item in enumerate(item for part in encoded for item in part):
+            if isinstance(file, _DenseLayer):
+                file.write(head_start + offset, first_cell, item)
+            elif item is not None:
+                file.append(head_start + offset, block, item)
 
     def finish_layer(self, layer: int) -> None:
         """Close a layer whose blocks are all written, and record its file and metrics."""
@@ -244,7 +274,10 @@ class LayerWriter:
         return opened
 
     def _check_block(self, layer: int, opened: _OpenLayer, heads: range, row_start: int, weights: np.ndarray) -> None:
-        if weights.ndim != 3 or weights.shape[2] != self.num_tokens or row_start + weights.shape[1] > self.num_tokens:
+        end = row_start + (weights.shape[1] if weights.ndim == 3 else 0)
+        keys_fit = weights.ndim == 3 and (weights.shape[2] == self.num_tokens
+                                          or (self.causal and end <= weights.shape[2] <= self.num_tokens))
+        if not keys_fit or end > self.num_tokens:
             raise StoreError(f"layer {layer}: a block of shape {weights.shape} at row {row_start} does not fit "
                              f"(heads, rows, {self.num_tokens}) rows 0-{self.num_tokens - 1}.")
         if heads.start < 0 or heads.stop > self.num_heads:

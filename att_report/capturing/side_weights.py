@@ -1,0 +1,138 @@
+"""Record attention beside the model's fast SDPA attention instead of switching the model to eager.
+
+The model's output comes from its own `sdpa` function, untouched, so the hidden states are those of its normal fast
+path. Beside each call, per block of query rows, the weights softmax(Q·Kᵀ·scaling + mask) are computed the way the
+model's eager attention computes them (product in the model's dtype, softmax in float32) and handed to a sink, so no
+layer's whole (heads, T, T) square is ever held at length. All stored heads share a block: each block costs a few
+operations, and on a CPU shared with the writer thread their count, not their size, dominates. A call this cannot
+reproduce exactly (soft capping, attention sinks, position bias, dropout, a key/value cache, any keyword outside a
+known set) runs the `fallback` (the model's own eager attention) instead, whose output and weights are then the
+recording's."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+SIDE_WEIGHTS = "sdpa-side-weights"
+FAST_IMPLEMENTATION = "sdpa"
+BLOCK_BYTES = 64 << 20  # the most float32 weights in a block: at 8k tokens, 9 heads x 192 rows
+ROW_MULTIPLE = 64
+BLOCKS_AT_LEAST = 4
+# Keywords that do not change what SDPA computes from query, key, value and mask (a sliding window reaches SDPA as
+# the mask, which the weights take too); any other keyword, unless None, makes the call fall back.
+REPRODUCIBLE_KWARGS = frozenset({"dropout", "scaling", "sliding_window", "position_ids", "cache_position",
+                                 "use_cache", "is_causal", "output_attentions"})
+
+AttentionFunction = Callable[..., tuple[torch.Tensor, torch.Tensor | None]]
+# (layer, query heads, first row, weights (heads, rows, keys)); keys is T, or for a causal block at least last row + 1
+BlockSink = Callable[[int, list[int], int, torch.Tensor], None]
+
+
+def side_weights_attention(fast: AttentionFunction, fallback: AttentionFunction, layers: dict[int, int],
+                           sink: BlockSink, heads: Sequence[int] | None, recorded: dict[int, str]) -> AttentionFunction:
+    """An attention function that returns `fast`'s output and streams the weights of the query `heads` (None: all)
+    of the modules in `layers` (module id -> layer) to `sink`, entering each such layer in `recorded`; other modules
+    run `fast` alone, and calls it cannot reproduce run `fallback`."""
+
+    def attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                  attention_mask: torch.Tensor | None, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+        layer = layers.get(id(module))
+        if layer is None:
+            return fast(module, query, key, value, attention_mask, **kwargs)
+        if not reproducible(module, query, key, value, attention_mask, kwargs):
+            return fallback(module, query, key, value, attention_mask, **kwargs)
+        output = fast(module, query, key, value, attention_mask, **kwargs)
+        for block_heads, first_row, weights in weight_blocks(module, query, key, attention_mask, kwargs, heads):
+            sink(layer, block_heads, first_row, weights)
+        recorded[layer] = SIDE_WEIGHTS
+        return output
+
+    return attention
+
+
+def reproducible(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                 attention_mask: torch.Tensor | None, kwargs: dict[str, Any]) -> bool:
+    """Whether weight_blocks gives exactly the weights SDPA used for this call."""
+    if query.dim() != 4 or key.dim() != 4 or value.dim() != 4 or query.shape[0] != 1:
+        return False
+    heads, kv_heads, rows = query.shape[1], key.shape[1], query.shape[2]
+    mask_fits = attention_mask is None or (
+        attention_mask.dim() == 4 and attention_mask.shape[0] == 1 and attention_mask.shape[1] in (1, heads)
+        and attention_mask.shape[2] in (1, rows) and attention_mask.shape[3] == key.shape[2])
+    return (mask_fits and key.shape[2] == rows and value.shape[1] == kv_heads and heads % kv_heads == 0
+            and not module.training and not kwargs.get("dropout")
+            and REPRODUCIBLE_KWARGS.issuperset(name for name, given in kwargs.items() if given is not None))
+
+
+def weight_blocks(module: nn.Module, query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor | None,
+                  kwargs: dict[str, Any], wanted: Sequence[int] | None,
+                  rows: int | None = None) -> Iterator[tuple[list[int], int, torch.Tensor]]:
+    """Yield (query heads, first row, float32 weights (heads, rows, keys)) for the `wanted` heads (None: all) per
+    block of `rows` rows (default: what fits BLOCK_BYTES). keys is T, or where SDPA runs causal, the block's last
+    row + 1: the keys after it have no weight, so they are neither computed nor held."""
+    heads, length = query.shape[1], query.shape[2]
+    chosen = list(range(heads)) if wanted is None else sorted(wanted)
+    rows = rows or block_rows(len(chosen), length)
+    scaling = kwargs.get("scaling")
+    scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
+    is_causal = kwargs.get("is_causal")
+    is_causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
+    causal = attention_mask is None and length > 1 and bool(is_causal)  # as sdpa_attention_forward decides
+    later = torch.ones(rows, rows, dtype=torch.bool, device=query.device).triu(1)  # key after query, in a block
+    # Scaled before the product, not after as eager does: the queries, not every score (for the usual power-of-2
+    # scaling, the same numbers). Each query head meets its key/value head's keys.
+    queries = query[0, chosen] * scaling
+    keys = key[0, [head * key.shape[1] // heads for head in chosen]].transpose(1, 2)
+    for first in range(0, length, rows):
+        end = min(length, first + rows)
+        width = end if causal else length
+        scores = torch.matmul(queries[:, first:end], keys[:, :, :width])
+        if causal:  # only the block's diagonal square holds later keys
+            scores[:, :, first:].masked_fill_(later[:end - first, :end - first], float("-inf"))
+        elif attention_mask is not None:
+            scores = _masked(scores, _mask_block(attention_mask, chosen, first, end))
+        yield chosen, first, nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype).float()
+
+
+def block_rows(heads: int, length: int) -> int:
+    """Rows per block: a multiple of 64 (the store's row block), at least 64, whose float32 weights fit BLOCK_BYTES,
+    and at most a quarter of the rows, so a causal block skips most of the keys after it (about 3/8 of the work)."""
+    fitting = BLOCK_BYTES // (4 * heads * length)
+    quarter = -(-length // (BLOCKS_AT_LEAST * ROW_MULTIPLE)) * ROW_MULTIPLE
+    return max(ROW_MULTIPLE, min(fitting // ROW_MULTIPLE * ROW_MULTIPLE, quarter))
+
+
+def _mask_block(mask: torch.Tensor, heads: list[int], first: int, end: int) -> torch.Tensor:
+    """The part of a (1, 1 or heads, 1 or rows, T) mask over `heads` and rows first..end."""
+    mask = mask[0, heads] if mask.shape[1] > 1 else mask[0]
+    return mask if mask.shape[1] == 1 else mask[:, first:end]
+
+
+def _masked(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Apply a mask as SDPA does: a boolean one keeps True, a float one is added."""
+    if mask.dtype == torch.bool:
+        return scores.masked_fill(~mask, float("-inf"))
+    return scores + mask
+
+
+@contextmanager
+def attention_function_replaced(name: str, function: AttentionFunction) -> Iterator[None]:
+    """Route the models' `name` attention calls to `function` for a while (transformers looks the name up per call),
+    then put back exactly what was there, even after an error."""
+    local = ALL_ATTENTION_FUNCTIONS._local_mapping  # the instance's overrides, over the class-wide mapping
+    missing = object()
+    previous = local.get(name, missing)
+    local[name] = function
+    try:
+        yield
+    finally:
+        if previous is missing:
+            del local[name]
+        else:
+            local[name] = previous
