@@ -5,13 +5,15 @@ Capture: plain `generate` vs `att-report capture` on the same prompt and token c
 Render: wall time, report bytes per stored attention value, largest file; in headless Chromium, time from
 opening a chunk to interactive and the time of one hover update.
 
-    python examples/benchmark.py [--runs 3] [--new-tokens 900] [--skip-browser]
+    python examples/benchmark.py [--runs 3] [--new-tokens 900] [--prompt-repeat 1] [--skip-browser]
 
 --sweep instead times capture at length, each measurement in a fresh process: a long prompt and a short
 teacher-forced completion at each of --lengths tokens, a plain SDPA forward pass against the whole capture, peak
-RSS, and store bytes per stored weight, for the default attention encoding and for float16.
+RSS, and store bytes per stored weight, for the default attention encoding and for float16 (up to
+--float16-up-to tokens); then the default capture rendered in a fresh process (wall, peak RSS, report bytes per
+stored weight, largest file) and its largest chunk page opened in Chromium (examples/benchmark_views.py's figures).
 
-    python examples/benchmark.py --sweep [--lengths 1000,2000,4000,8000]
+    python examples/benchmark.py --sweep [--lengths 1000,2000,4000,8000] [--float16-up-to 4096] [--skip-browser]
 """
 
 from __future__ import annotations
@@ -36,23 +38,28 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=3, help="runs per timing; medians are reported")
     parser.add_argument("--new-tokens", type=int, default=900, help="tokens to generate")
+    parser.add_argument("--prompt-repeat", type=int, default=1,
+                        help="the essay prompt this many times over (20: about 730 prompt tokens, a prompt-heavy run)")
     parser.add_argument("--skip-browser", action="store_true", help="skip the headless Chromium timings")
     parser.add_argument("--store", type=Path, help="render this existing capture instead of capturing (render figures only)")
     parser.add_argument("--saliency-tokens", type=int, default=64, help="completion tokens explained by the saliency run")
     parser.add_argument("--sweep", action="store_true", help="time capture against a plain forward pass at --lengths")
     parser.add_argument("--lengths", default="1000,2000,4000,8000", help="token counts for --sweep, comma-separated")
+    parser.add_argument("--float16-up-to", type=int, default=4096,
+                        help="--sweep captures in float16 too up to this many tokens (its store grows as tokens^2)")
     args = parser.parse_args()
     if args.sweep:
-        sweep([int(length) for length in args.lengths.split(",")])
+        sweep([int(length) for length in args.lengths.split(",")], args.float16_up_to, args.skip_browser)
         return
     with tempfile.TemporaryDirectory() as scratch:
-        store = args.store or benchmark_capture(Path(scratch), args.runs, args.new_tokens)
+        prompt = " ".join([PROMPT] * args.prompt_repeat)
+        store = args.store or benchmark_capture(Path(scratch), prompt, args.runs, args.new_tokens)
         benchmark_render(Path(scratch), store, args.runs, args.skip_browser)
         if args.store is None:
             benchmark_saliency(store, args.saliency_tokens)
 
 
-def benchmark_capture(scratch: Path, runs: int, new_tokens: int) -> Path:
+def benchmark_capture(scratch: Path, prompt: str, runs: int, new_tokens: int) -> Path:
     """Time generate and capture alternately on one loaded model; measure memory in a fresh process."""
     import torch
 
@@ -61,10 +68,10 @@ def benchmark_capture(scratch: Path, runs: int, new_tokens: int) -> Path:
     from att_report.capturing.models import load_model
 
     torch.set_num_threads(os.cpu_count() or 1)
-    config = CaptureConfig(prompt=PROMPT, chat=True, max_new_tokens=new_tokens, force=True, progress=False)
+    config = CaptureConfig(prompt=prompt, chat=True, max_new_tokens=new_tokens, force=True, progress=False)
     loaded = load_model(config)
     prompt_ids = loaded.tokenizer.apply_chat_template(
-        [{"role": "user", "content": PROMPT}], add_generation_prompt=True, tokenize=False)
+        [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False)
     input_ids = loaded.tokenizer(prompt_ids, add_special_tokens=False, return_tensors="pt").input_ids
     generate_times, capture_times = [], []
     store = scratch / "capture"
@@ -91,7 +98,7 @@ def benchmark_capture(scratch: Path, runs: int, new_tokens: int) -> Path:
         "capture / generate": round(statistics.median(capture_times) / statistics.median(generate_times), 3),
         "store MB": round(store_bytes / 1e6, 1),
         "store bytes per attention value": round(store_bytes / values, 3),
-        **peak_memory(scratch, new_tokens, heads, tokens),
+        **peak_memory(scratch, prompt, new_tokens, heads, tokens),
     })
     return store
 
@@ -110,13 +117,13 @@ before = status("VmRSS:")
 """
 
 
-def peak_memory(scratch: Path, new_tokens: int, heads: int, tokens: int) -> dict[str, object]:
+def peak_memory(scratch: Path, prompt: str, new_tokens: int, heads: int, tokens: int) -> dict[str, object]:
     """Load the model in a fresh process, reset its peak RSS, then measure the peak of generate or of capture."""
     probe = f"""
 import pathlib
 from att_report.capturing.config import CaptureConfig
 from att_report.capturing.pipeline import capture_loaded, generate
-config = CaptureConfig(prompt={PROMPT!r}, chat=True, max_new_tokens={new_tokens}, force=True, progress=False)
+config = CaptureConfig(prompt={prompt!r}, chat=True, max_new_tokens={new_tokens}, force=True, progress=False)
 {MODEL_AT_BASELINE}mode = __import__("sys").argv[1]
 if mode == "capture":
     capture_loaded(loaded, config, pathlib.Path({str(scratch / 'rss')!r}), 0.0)
@@ -125,7 +132,7 @@ elif mode == "record":
     completion = "".join(given[-{new_tokens}:])
     capture_loaded(loaded, __import__("dataclasses").replace(config, completion=completion), pathlib.Path({str(scratch / 'rss')!r}), 0.0)
 else:
-    text = loaded.tokenizer.apply_chat_template([{{"role": "user", "content": {PROMPT!r}}}], add_generation_prompt=True, tokenize=False)
+    text = loaded.tokenizer.apply_chat_template([{{"role": "user", "content": {prompt!r}}}], add_generation_prompt=True, tokenize=False)
     generate(loaded, loaded.tokenizer(text, add_special_tokens=False).input_ids, config)
 print(before, status("VmHWM:"))
 """
@@ -199,7 +206,8 @@ def benchmark_render(scratch: Path, store: Path, runs: int, skip_browser: bool) 
         "largest file": f"{files[-1].name}, {files[-1].stat().st_size / 1e6:.2f} MB",
     }
     if not skip_browser:
-        figures.update(browser_timings(report_dir / "layer-00-heads-0-7.html", opened.num_tokens, runs))
+        first_page = sorted(report_dir.glob("layer-00-*.html"))[0]  # one page, or the first part where it was split
+        figures.update(browser_timings(first_page, opened.num_tokens, runs))
     report("render", figures)
 
 
@@ -300,30 +308,78 @@ else:
 """
 
 
-def sweep(lengths: list[int]) -> None:
-    """For each length and encoding (the default, and float16 where the default is not float16 already), a plain
-    forward pass and a capture, each in a fresh process; print one table row per pair."""
-    header = ("tokens", "encoding", "plain s", "capture s", "capture/plain", "recording pass s", "recording/plain",
-              "peak RSS plain MB", "peak RSS capture MB", "store bytes/weight", "recorded by")
-    print(" | ".join(header))
+RENDER_PROBE = """
+import pathlib, resource, sys, time
+from att_report.report.render import RenderOptions, render
+store, output = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+started = time.perf_counter()
+render(store, output, RenderOptions(progress=False))
+print(time.perf_counter() - started, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def sweep(lengths: list[int], float16_up_to: int, skip_browser: bool) -> None:
+    """For each length: a plain forward pass and a capture in the default encoding (and in float16 up to
+    `float16_up_to` tokens, where the default is not float16 already), each in a fresh process, one table row per
+    pair; then the default capture rendered in a fresh process and its largest chunk page opened in Chromium."""
+    capture_header = ("tokens", "encoding", "plain s", "capture s", "capture/plain", "recording pass s",
+                      "recording/plain", "peak RSS plain MB", "peak RSS capture MB", "store MB", "store bytes/weight",
+                      "recorded by")
+    render_rows = []
+    print(" | ".join(capture_header))
     for length in lengths:
-        plain_wall, plain_kb = map(float, run_probe("plain", length, "auto")[:2])
+        plain_wall, plain_kb = map(float, run_probe(SWEEP_PROBE, "plain", str(length), "auto", "-")[:2])
         for dtype in ("auto", "float16"):
-            wall, record, peak_kb, size, weights, count, encoding, method = run_probe("capture", length, dtype)
-            row = (count, encoding, f"{plain_wall:.2f}", f"{float(wall):.2f}", f"{float(wall) / plain_wall:.2f}",
-                   f"{float(record):.2f}", f"{float(record) / plain_wall:.2f}", round(plain_kb / 1024),
-                   round(float(peak_kb) / 1024), f"{int(size) / int(weights):.4f}", method)
-            print(" | ".join(str(cell) for cell in row))
-            sys.stdout.flush()
+            with tempfile.TemporaryDirectory() as scratch:
+                wall, record, peak_kb, size, weights, count, encoding, method = run_probe(
+                    SWEEP_PROBE, "capture", str(length), dtype, scratch)[-8:]
+                row = (count, encoding, f"{plain_wall:.2f}", f"{float(wall):.2f}", f"{float(wall) / plain_wall:.2f}",
+                       f"{float(record):.2f}", f"{float(record) / plain_wall:.2f}", round(plain_kb / 1024),
+                       round(float(peak_kb) / 1024), round(int(size) / 1e6, 1), f"{int(size) / int(weights):.4f}",
+                       method)
+                print(" | ".join(str(cell) for cell in row))
+                sys.stdout.flush()
+                if dtype == "auto":
+                    render_rows.append(render_figures(Path(scratch), int(weights), skip_browser))
             if encoding == "float16":
                 break
+            if length > float16_up_to:
+                print(f"{count} | float16 | not run: its store would be {2 * int(weights) / 1e9:.1f} GB "
+                      "(2 bytes per stored weight)")
+                break
+    for figures in render_rows:
+        report(f"render, {figures.pop('tokens')} tokens", figures)
 
 
-def run_probe(mode: str, tokens: int, dtype: str) -> list[str]:
-    with tempfile.TemporaryDirectory() as scratch:
-        result = subprocess.run([sys.executable, "-c", SWEEP_PROBE, mode, str(tokens), dtype, scratch],
-                                capture_output=True, text=True, check=True)
-    return result.stdout.split()[-8:] if mode == "capture" else result.stdout.split()[-2:]
+def render_figures(scratch: Path, weights: int, skip_browser: bool) -> dict[str, object]:
+    """Render the capture in scratch in a fresh process; size the report; open its largest chunk page."""
+    import att_report
+
+    wall, peak_kb = map(float, run_probe(RENDER_PROBE, str(scratch / "capture"), str(scratch / "report")))
+    files = sorted((path for path in (scratch / "report").iterdir()), key=lambda path: path.stat().st_size)
+    total = sum(path.stat().st_size for path in files)
+    pages = [path for path in files if path.name.startswith("layer-")]
+    tokens = att_report.load(scratch / "capture").num_tokens
+    figures: dict[str, object] = {
+        "tokens": tokens,
+        "render wall s": round(wall, 1),
+        "render peak RSS MB": round(peak_kb / 1024),
+        "report MB (files)": f"{total / 1e6:.1f} ({len(files)})",
+        "report bytes per stored weight": round(total / weights, 4),
+        "largest file": f"{files[-1].name}, {files[-1].stat().st_size / 1e6:.2f} MB",
+    }
+    if not skip_browser:
+        from benchmark_views import measure
+
+        figures["page opened"] = f"{pages[-1].name}, {pages[-1].stat().st_size / 1e6:.2f} MB"
+        figures.update(measure(pages[-1], tokens, 200, None))
+    return figures
+
+
+def run_probe(probe: str, *arguments: str) -> list[str]:
+    """Run a probe script in a fresh Python process; the words of its last line."""
+    result = subprocess.run([sys.executable, "-c", probe, *arguments], capture_output=True, text=True, check=True)
+    return result.stdout.splitlines()[-1].split()
 
 
 def report(stage: str, figures: dict[str, object]) -> None:
