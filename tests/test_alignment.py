@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import att_report
-from att_report.analysis.alignment import align_tokens, check_comparable, head_divergence
+from att_report.analysis.alignment import JS_ROW_BLOCK, align_tokens, check_comparable, head_divergence
 from att_report.errors import UsageError
 from synthetic import write_synthetic_store
 
@@ -76,6 +76,21 @@ def test_divergence_matches_hand_computation(tmp_path: Path) -> None:
                             for row in range(3)])
         assert result.values[0, head] == pytest.approx(expected, abs=1e-6)
     assert result.ranked()[0][2] >= result.ranked()[1][2]
+
+
+def test_divergence_over_many_row_blocks_matches_hand_computation(tmp_path: Path) -> None:
+    """Long captures are compared a block of rows at a time: the mean must still be over every row."""
+    count = 2 * JS_ROW_BLOCK + 37
+    tokens = [f"t{i}" for i in range(count)]
+    write_synthetic_store(tmp_path / "a", tokens, count, num_layers=1, num_heads=1, seed=3)
+    write_synthetic_store(tmp_path / "b", tokens, count, num_layers=1, num_heads=1, seed=4)
+    rename_model(tmp_path / "b", "another model")
+    a, b = att_report.load(tmp_path / "a"), att_report.load(tmp_path / "b")
+    result = head_divergence(a, b, align_tokens(a.tokens, b.tokens))
+    layer_a, layer_b = a.attention(0)[0], b.attention(0)[0]
+    expected = np.mean([_js_bits(list(layer_a[row, : row + 1]), list(layer_b[row, : row + 1])) for row in range(count)])
+    assert result.rows_compared == count
+    assert result.values[0, 0] == pytest.approx(expected, abs=1e-9)
 
 
 def test_captures_of_different_shapes_are_refused(tmp_path: Path) -> None:
