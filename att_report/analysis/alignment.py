@@ -99,14 +99,17 @@ def divergence_rows(alignment: TokenAlignment, store_a: CaptureStore, store_b: C
     return keys[(keys[:, 0] >= start) & (keys[:, 1] >= start)], keys
 
 
-def head_js(square_a: np.ndarray, square_b: np.ndarray, rows: np.ndarray, keys: np.ndarray) -> float:
+def head_js(square_a: np.ndarray, square_b: np.ndarray, rows: np.ndarray, keys: np.ndarray, causal: bool) -> float:
     """One head's mean JS divergence over the query pairs `rows`, of (T, T) attention restricted to the key pairs
     `keys` and renormalized; 0 when no row is compared. Taken JS_ROW_BLOCK rows at a time, so its float64 work stays
-    a few MB however long the captures are."""
+    a few MB however long the captures are; causal rows skip the keys after them (no weight in either capture)."""
     total, count = 0.0, 0
     for start in range(0, len(rows), JS_ROW_BLOCK):
         block = rows[start:start + JS_ROW_BLOCK]
-        divergences = _row_js(square_a[block[:, 0]][:, keys[:, 0]], square_b[block[:, 1]][:, keys[:, 1]])
+        used = keys
+        if causal:  # pairs ascend in both captures: past both blocks' last rows, every key pair holds no weight
+            used = keys[:max(np.searchsorted(keys[:, side], block[:, side].max(), side="right") for side in (0, 1))]
+        divergences = _row_js(square_a[block[:, 0]][:, used[:, 0]], square_b[block[:, 1]][:, used[:, 1]])
         total, count = total + float(divergences.sum()), count + len(divergences)
     return total / count if count else 0.0
 
@@ -120,7 +123,7 @@ def head_divergence(store_a: CaptureStore, store_b: CaptureStore, alignment: Tok
     for i, layer in enumerate(store_a.layer_indices):
         for j, head in enumerate(store_a.head_indices):
             values[i, j] = head_js(store_a.attention(layer, heads=[head])[0], store_b.attention(layer, heads=[head])[0],
-                                   rows, keys)
+                                   rows, keys, store_a.causal and store_b.causal)
     return HeadDivergence(values=values, rows_compared=len(rows))
 
 

@@ -13,6 +13,7 @@ captures is read once; that pass also gives the divergence ranking.
 
 from __future__ import annotations
 
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -63,10 +64,11 @@ class Comparison:
     def stores(self) -> tuple[CaptureStore, CaptureStore]:
         return self.a, self.b
 
-    def read_heads(self, layer: int, heads: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-        """Both captures' (heads, T, T) squares of `heads` of one layer, read head by head."""
-        return (np.concatenate([self.a.attention(layer, heads=[head]) for head in heads]),
-                np.concatenate([self.b.attention(layer, heads=[head]) for head in heads]))
+    def read_heads(self, layer: int, heads: tuple[int, ...], helper: Executor) -> tuple[np.ndarray, np.ndarray]:
+        """Both captures' (heads, T, T) squares of `heads` of one layer (a memory group: see `memory_groups`), B's
+        read on the helper thread while A's is read here."""
+        read_b = helper.submit(self.b.attention, layer, heads)
+        return self.a.attention(layer, heads=heads), read_b.result()
 
 
 @dataclass(frozen=True)
@@ -189,18 +191,24 @@ def write_comparison(comparison: Comparison, directory: Path, budget: int, max_f
     values = np.zeros((len(a.layer_indices), len(a.head_indices)))
     files = FileGrid()
     pending: list[FittedPage] = []
-    for row, layer in enumerate(a.layer_indices):
-        fitted: list[FittedPage] = []
-        for chunk in grid[row]:
-            for group in memory_groups(chunk.heads or (), max(a.num_tokens, b.num_tokens)):
-                squares = comparison.read_heads(layer, group)
-                for slot, head in enumerate(group):
-                    values[row, a.head_indices.index(head)] = head_js(squares[0][slot], squares[1][slot], rows, keys)
-                fitted += _fit_pages(comparison, chunk, group, squares, budget)
-        files.rows.append([page.part for page in fitted])
-        if pending:
-            _write_row(comparison, files, row - 1, pending, directory, max_file_mb)
-        pending = fitted
+
+    def score(squares: tuple[np.ndarray, np.ndarray]) -> list[float]:
+        return [head_js(square_a, square_b, rows, keys, a.causal and b.causal) for square_a, square_b in zip(*squares)]
+
+    with ThreadPoolExecutor(max_workers=2) as helpers:  # numpy and zlib release the GIL: A, B and the scores at once
+        for row, layer in enumerate(a.layer_indices):
+            fitted: list[FittedPage] = []
+            for chunk in grid[row]:
+                for group in memory_groups(chunk.heads or (), max(a.num_tokens, b.num_tokens)):
+                    squares = comparison.read_heads(layer, group, helpers)
+                    scores = helpers.submit(score, squares)  # while the same squares are encoded
+                    fitted += _fit_pages(comparison, chunk, group, squares, budget, helpers)
+                    for head, value in zip(group, scores.result()):
+                        values[row, a.head_indices.index(head)] = value
+            files.rows.append([page.part for page in fitted])
+            if pending:
+                _write_row(comparison, files, row - 1, pending, directory, max_file_mb)
+            pending = fitted
     _write_row(comparison, files, len(files.rows) - 1, pending, directory, max_file_mb)
     neurons = write_neuron_page(comparison, directory, max_file_mb)
     divergence = HeadDivergence(values=values, rows_compared=len(rows))
@@ -210,11 +218,13 @@ def write_comparison(comparison: Comparison, directory: Path, budget: int, max_f
 
 
 def _fit_pages(comparison: Comparison, chunk: Chunk, heads: tuple[int, ...],
-               squares: tuple[np.ndarray, np.ndarray], budget: int) -> list[FittedPage]:
-    """Cut a group of heads into pages of fewer heads until both captures' payloads together fit `budget`."""
+               squares: tuple[np.ndarray, np.ndarray], budget: int, helper: Executor) -> list[FittedPage]:
+    """Cut a group of heads into pages of fewer heads until both captures' payloads together fit `budget`; B's
+    payload is encoded on the helper thread while A's is encoded here."""
     def encode(slots: tuple[int, ...], rows: Rows) -> tuple[str, ...]:
-        return tuple(encode_rows(square[slots[0]:slots[-1] + 1], 0, store.causal)
-                     for store, square in zip(comparison.stores, squares))
+        (store_a, store_b), (square_a, square_b) = comparison.stores, squares
+        payload_b = helper.submit(encode_rows, square_b[slots[0]:slots[-1] + 1], 0, store_b.causal)
+        return encode_rows(square_a[slots[0]:slots[-1] + 1], 0, store_a.causal), payload_b.result()
 
     pieces = fit(len(heads), encode, budget,
                  lambda slot: f"layer {chunk.layer} · head {heads[slot]} of the two captures")
