@@ -16,6 +16,7 @@ import pytest
 
 import att_report
 from att_report.report.notebook import inline_report
+from conftest import unavailable
 from synthetic import write_synthetic_store
 
 DRIVER = Path(__file__).resolve().parent / "firefox"
@@ -27,17 +28,14 @@ TOKEN = 10
 
 
 def _firefox_driver() -> tuple[str, str]:
-    """The firefox-esr and node executables, with the driver's packages installed; else skip (fail under CI=true)."""
+    """The firefox-esr and node executables, with the driver's packages installed; else skip (fail on CI)."""
     firefox, node = shutil.which("firefox-esr"), shutil.which("node")
     missing = [what for what, present in (("firefox-esr (apt-get install firefox-esr)", firefox),
                                           ("node (apt-get install nodejs npm)", node),
                                           ("tests/firefox/node_modules (npm ci in tests/firefox)",
                                            (DRIVER / "node_modules" / "puppeteer-core").is_dir())) if not present]
     if missing:
-        message = "the Firefox smoke test needs " + ", ".join(missing) + "; bash .ci/run installs them."
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable("the Firefox smoke test needs " + ", ".join(missing) + "; bash .ci/run installs them")
     assert firefox and node
     return firefox, node
 
