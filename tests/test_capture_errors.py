@@ -382,7 +382,7 @@ def test_interrupted_capture_leaves_no_store(stop: signal.Signals, deep_model: P
     process.send_signal(stop)
     process.send_signal(signal.SIGCONT)
     _, stderr = process.communicate(timeout=60)
-    assert not target.exists()
+    assert not target.exists(), f"the capture finished after the signal; its stderr: {stderr}"
     with pytest.raises(att_report.AttReportError, match="does not exist"):
         att_report.load(target)
     assert list(tmp_path.rglob("manifest.json")) == []
