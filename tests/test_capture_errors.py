@@ -299,10 +299,13 @@ def test_hub_probe_tells_a_reachable_hub(hub: str, tmp_path: Path) -> None:
 
 
 def capture_process(arguments: list[str], output: Path, **environment: str | None) -> subprocess.Popen[str]:
-    """Start `att-report capture ARGUMENTS -o OUTPUT` in its own process, importing this checkout."""
+    """Start `att-report capture ARGUMENTS -o OUTPUT` in its own process, importing this checkout. Ctrl-C reaches it
+    as it would from a terminal, even when this test run was started in the background (a shell starts background
+    jobs with SIGINT ignored, and Python keeps an ignored SIGINT ignored)."""
     return subprocess.Popen([sys.executable, "-m", "att_report", "capture", *arguments, "-o", str(output)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=cli_environment(**environment))
+                            env=cli_environment(**environment),
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 BAR_MARKS = ("it/s", "%|", "Loading weights", "Converting", "recording attention", "generating")
