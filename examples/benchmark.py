@@ -14,6 +14,7 @@ RSS, and store bytes per stored weight, for the default attention encoding and f
 stored weight, largest file) and its largest chunk page opened in Chromium (examples/benchmark_views.py's figures).
 
     python examples/benchmark.py --sweep [--lengths 1000,2000,4000,8000] [--float16-up-to 4096] [--skip-browser]
+                                 [--skip-render]
 """
 
 from __future__ import annotations
@@ -45,11 +46,13 @@ def main() -> None:
     parser.add_argument("--saliency-tokens", type=int, default=64, help="completion tokens explained by the saliency run")
     parser.add_argument("--sweep", action="store_true", help="time capture against a plain forward pass at --lengths")
     parser.add_argument("--lengths", default="1000,2000,4000,8000", help="token counts for --sweep, comma-separated")
+    parser.add_argument("--skip-render", action="store_true", help="--sweep times capture only")
     parser.add_argument("--float16-up-to", type=int, default=4096,
                         help="--sweep captures in float16 too up to this many tokens (its store grows as tokens^2)")
     args = parser.parse_args()
     if args.sweep:
-        sweep([int(length) for length in args.lengths.split(",")], args.float16_up_to, args.skip_browser)
+        sweep([int(length) for length in args.lengths.split(",")], args.float16_up_to, args.skip_browser,
+              args.skip_render)
         return
     with tempfile.TemporaryDirectory() as scratch:
         prompt = " ".join([PROMPT] * args.prompt_repeat)
@@ -318,10 +321,11 @@ print(time.perf_counter() - started, resource.getrusage(resource.RUSAGE_SELF).ru
 """
 
 
-def sweep(lengths: list[int], float16_up_to: int, skip_browser: bool) -> None:
+def sweep(lengths: list[int], float16_up_to: int, skip_browser: bool, skip_render: bool) -> None:
     """For each length: a plain forward pass and a capture in the default encoding (and in float16 up to
     `float16_up_to` tokens, where the default is not float16 already), each in a fresh process, one table row per
-    pair; then the default capture rendered in a fresh process and its largest chunk page opened in Chromium."""
+    pair; then, unless `skip_render`, the default capture rendered in a fresh process and its largest chunk page
+    opened in Chromium."""
     capture_header = ("tokens", "encoding", "plain s", "capture s", "capture/plain", "recording pass s",
                       "recording/plain", "peak RSS plain MB", "peak RSS capture MB", "store MB", "store bytes/weight",
                       "recorded by")
@@ -339,7 +343,7 @@ def sweep(lengths: list[int], float16_up_to: int, skip_browser: bool) -> None:
                        method)
                 print(" | ".join(str(cell) for cell in row))
                 sys.stdout.flush()
-                if dtype == "auto":
+                if dtype == "auto" and not skip_render:
                     render_rows.append(render_figures(Path(scratch), int(weights), skip_browser))
             if encoding == "float16":
                 break

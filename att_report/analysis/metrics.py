@@ -61,10 +61,17 @@ def metric(name: str) -> Metric:
     raise UsageError(f"there is no metric {name!r}; use one of {', '.join(METRIC_NAMES)}.")
 
 
-def _distances(row_start: int, rows: int, keys: int) -> np.ndarray:
-    """(rows, keys) float32 |i - j| of query rows row_start.. against keys 0..keys-1."""
-    queries = np.arange(row_start, row_start + rows, dtype=np.float32)  # exact: token positions stay below 2^24
-    return np.abs(queries[:, None] - np.arange(keys, dtype=np.float32)[None, :])
+def above_diagonal_zeroed(weights: np.ndarray, row_start: int) -> np.ndarray:
+    """Causal (heads, rows, keys) weights of query rows row_start.. with every key after its query at 0: the array
+    itself where that holds already (a causal softmax gives exact zeros there), else a copy made so."""
+    rows, width = weights.shape[1], weights.shape[2]
+    later = ~np.tri(rows, max(width - row_start, 0), dtype=bool)  # only a block's last rows - 1 keys can be later
+    corner = weights[:, :, row_start:]
+    if not corner[:, later].any():
+        return weights
+    cells = np.array(weights, dtype=np.float32)
+    cells[:, :, row_start:][:, later] = 0.0
+    return cells
 
 
 class HeadAccumulator:
@@ -84,9 +91,9 @@ class HeadAccumulator:
         heads = slice(head_start, head_start + weights.shape[0])
         rows = weights.shape[1]
         width = min(row_start + rows, self.num_tokens) if self.causal else self.num_tokens
-        cells = np.array(weights[:, :, :width], dtype=np.float32)  # a copy: zeroed above the diagonal, in place
-        if self.causal:  # only the last rows - 1 keys of a block's rows can lie above the diagonal
-            cells[:, :, row_start:][:, ~np.tri(rows, width - row_start, dtype=bool)] = 0.0
+        cells = np.asarray(weights[:, :, :width], dtype=np.float32)
+        if self.causal:
+            cells = above_diagonal_zeroed(cells, row_start)
         keys = self.keys[row_start: row_start + rows]
         ignored = rows * width - int(keys.sum())  # zeros above the diagonal: not cells, so not counted
         row_max = cells.max(axis=2)
@@ -94,20 +101,33 @@ class HeadAccumulator:
         choosing = keys > 1
         if choosing.any():
             self.peak[heads] = np.maximum(self.peak[heads], row_max[:, choosing].max(axis=1))
-            plogp = np.maximum(cells, _TINY)
-            np.log(plogp, out=plogp)
-            plogp *= cells  # 0 * log(tiny) = 0: a zero weight adds nothing
-            row_entropy = -plogp.sum(axis=2)[:, choosing] / np.log(keys[choosing])
+            logs = np.maximum(cells, _TINY)
+            np.log(logs, out=logs)
+            plogp = np.einsum("hrk,hrk->hr", cells, logs)  # 0 * log(tiny) = 0: a zero weight adds nothing
+            row_entropy = -plogp[:, choosing] / np.log(keys[choosing])
             self.entropy[heads] += row_entropy.sum(axis=1)
         self.row_max[heads] += row_max.sum(axis=1)
         self.sparse[heads] += [np.count_nonzero(head < SPARSE_BELOW) - ignored for head in cells]  # no axis: fast
         # Each row is summed in float32 on its own, then rows in float64: the same sums however rows are blocked.
-        self.total[heads] += cells.sum(axis=2).sum(axis=1, dtype=np.float64)
+        row_sums = cells.sum(axis=2)
+        self.total[heads] += row_sums.sum(axis=1, dtype=np.float64)
         self.squares[heads] += np.einsum("hrk,hrk->hr", cells, cells).sum(axis=1, dtype=np.float64)
         self.sink[heads] += cells[:, :, 0].sum(axis=1, dtype=np.float64)
-        distances = _distances(row_start, rows, width)
-        self.distance[heads] += np.einsum("hrk,rk->hr", cells, distances).sum(axis=1, dtype=np.float64)
+        self.distance[heads] += self._distances(cells, row_start, row_sums).sum(axis=1, dtype=np.float64)
         self._count_bins(heads, cells, ignored)
+
+    def _distances(self, cells: np.ndarray, row_start: int, row_sums: np.ndarray) -> np.ndarray:
+        """(heads, rows) sum_j w_ij * |i - j| of float32 cells (heads, rows, keys) of query rows row_start...
+
+        Causal rows have no key after them, so the sum is a product with each key's distance from the block's last
+        row, less each row's own distance from it times its weight: one matrix-vector product, with terms no larger
+        than the distances themselves."""
+        rows, width = cells.shape[1], cells.shape[2]
+        queries = np.arange(row_start, row_start + rows, dtype=np.float32)  # exact: positions stay below 2^24
+        if not self.causal:
+            return np.einsum("hrk,rk->hr", cells, np.abs(queries[:, None] - np.arange(width, dtype=np.float32)))
+        last = np.float32(row_start + rows - 1)
+        return cells @ (last - np.arange(width, dtype=np.float32)) - (last - queries) * row_sums
 
     def _count_bins(self, heads: slice, cells: np.ndarray, ignored: int) -> None:
         """Add each cell to its median histogram bin: non-negative float32 values order as their bit patterns,

@@ -1,9 +1,10 @@
-"""Keep the recording pass's memory at about one block of attention on glibc systems.
+"""Keep the recording pass fast and its memory at a few blocks of attention on glibc systems.
 
-Each block of attention is a large temporary. glibc serves blocks of that size from its heap once its adaptive
-threshold has grown, and a freed heap block rarely goes back to the system, so the resident size would climb over
-a pass. Serving every block of 1 MiB or more by mmap hands each one back as soon as it is freed, and trimming the
-heap after each layer returns what smaller frees left. Elsewhere (not glibc) both are no-ops.
+Each block of attention, and each temporary the writer makes of it, is a large allocation. Served by mmap, every
+one faults fresh zeroed pages in, which once took half the writer's time. Served from the heap, the next block reuses
+the pages the last one freed; glibc's heap serves blocks up to 32 MiB when asked to, and trims its top only when
+told. So the pass keeps its blocks below that size, and trims the heap after each layer, which hands back what the
+layer left free. Elsewhere (not glibc) both are no-ops.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ import ctypes.util
 import sys
 from functools import cache
 
+M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
-MMAP_THRESHOLD_BYTES = 1 << 20
+HEAP_BLOCK_BYTES = 32 << 20  # the largest mmap threshold glibc takes on a 64-bit system
+TRIM_THRESHOLD_BYTES = 1 << 30  # free heap top kept by free(); return_freed_memory hands it back per layer
 
 
 @cache
@@ -29,10 +32,12 @@ def _glibc() -> ctypes.CDLL | None:
         return None
 
 
-def return_large_blocks_to_system() -> bool:
-    """Ask glibc to mmap (and so release on free) every block of 1 MiB or more; False where that is not glibc."""
+def keep_blocks_on_heap() -> bool:
+    """Ask glibc to serve blocks below HEAP_BLOCK_BYTES from its heap and to keep freed ones for reuse until
+    return_freed_memory; False where that is not glibc."""
     libc = _glibc()
-    return libc is not None and bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
+    return libc is not None and bool(libc.mallopt(M_MMAP_THRESHOLD, HEAP_BLOCK_BYTES)) and bool(
+        libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES))
 
 
 def return_freed_memory() -> bool:

@@ -31,7 +31,7 @@ from att_report import __version__
 from att_report.atomic import check_replaceable, staged_directory
 from att_report.capturing.config import CaptureConfig
 from att_report.errors import ModelError, UsageError
-from att_report.capturing.heap import return_large_blocks_to_system
+from att_report.capturing.heap import keep_blocks_on_heap
 from att_report.capturing.logprobs import TOP_ALTERNATIVES, CompletionScores, score_completion, tapping_final_hidden
 from att_report.capturing.models import LoadedModel, context_length, is_causal_config, load_model, model_facts
 from att_report.capturing.neurons import NeuronRecorder, check_neuron_count, layer_modules, recording_neurons
@@ -92,7 +92,7 @@ def capture_loaded(loaded: LoadedModel, config: CaptureConfig, output: Path, loa
     ids = tokens.prompt_ids + completion_ids
     _check_space(output, scope, len(ids), loaded.causal, config)
     started = time.perf_counter()
-    return_large_blocks_to_system()
+    keep_blocks_on_heap()
     with staged_directory(output) as staging, encoding_threads() as parallel:
         writer = LayerWriter(staging, facts["num_heads"], len(ids), loaded.causal, config.attention_dtype,
                              layer_indices=scope.layers, head_indices=scope.heads, parallel=parallel)

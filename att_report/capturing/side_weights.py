@@ -21,7 +21,9 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 SIDE_WEIGHTS = "sdpa-side-weights"
 FAST_IMPLEMENTATION = "sdpa"
-BLOCK_BYTES = 64 << 20  # the most float32 weights in a block: at 8k tokens, 9 heads x 192 rows
+# The most float32 weights in a block: at 8k tokens, 9 heads x 64 rows. Below glibc's largest heap block
+# (heap.HEAP_BLOCK_BYTES), so each block reuses the last one's pages instead of faulting fresh ones in.
+BLOCK_BYTES = 24 << 20
 ROW_MULTIPLE = 64
 BLOCKS_AT_LEAST = 4
 # Keywords that do not change what SDPA computes from query, key, value and mask (a sliding window reaches SDPA as

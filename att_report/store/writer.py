@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 import orjson
 
-from att_report.analysis.metrics import HeadAccumulator, stored_metrics_section
+from att_report.analysis.metrics import HeadAccumulator, above_diagonal_zeroed, stored_metrics_section
 from att_report.errors import StoreError
-from att_report.store.codec import diffuse, encode_chunk, to_float16
+from att_report.store.codec import diffused_steps, encode_chunk, to_float16
 from att_report.store.format import (
     AUTO,
     FORMAT_NAME,
@@ -103,17 +103,25 @@ class _ChunkedLayer:
         self.hashing = _HashingFile(self.handle)
         self.size = 0
         self.index = np.full((num_heads, row_blocks(num_tokens), 2), -1, dtype=np.int64)
-        self.pending: list[list[np.ndarray]] = [[] for _ in range(num_heads)]
+        self.pending: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in range(num_heads)]  # steps so far
+        self.pending_cells = [0] * num_heads
 
-    def chunk(self, head: int, cells: np.ndarray, ends_block: bool) -> bytes | None:
-        """Take the next rows of one head's row block as cells; give the block's compressed chunk once it ends (each
-        head's rows are its own, so heads may take theirs on different threads)."""
-        self.pending[head].append(cells)
+    def chunk(self, head: int, weights: np.ndarray, row_start: int, causal: bool, ends_block: bool) -> bytes | None:
+        """Take one head's next rows of a row block as float32 weights (rows, keys; a causal row's keys after it at
+        0); give the block's compressed chunk once it ends (each head's rows are its own, so heads may take theirs on
+        different threads)."""
+        row, key, steps = diffused_steps(weights)
+        rows, keys = weights.shape
+        # Cells are each causal row's keys up to its diagonal (or every key), back to back, from the block's start.
+        row_cells = row_start + 1 + np.arange(rows) if causal else np.full(rows, keys)
+        first_cells = np.cumsum(row_cells) - row_cells + self.pending_cells[head]
+        self.pending[head].append((first_cells[row] + key, steps))
+        self.pending_cells[head] += int(row_cells.sum())
         if not ends_block:
             return None
-        chunk = encode_chunk(np.concatenate(self.pending[head]))
-        self.pending[head] = []
-        return chunk
+        positions, values = (np.concatenate(parts) for parts in zip(*self.pending[head]))
+        self.pending[head], self.pending_cells[head] = [], 0
+        return encode_chunk(positions, values)
 
     def append(self, head: int, block: int, chunk: bytes) -> None:
         """Append one head's chunk of row block `block` (one thread, in a fixed order: the same bytes every time)."""
@@ -205,11 +213,13 @@ class LayerWriter:
         def encode(first: int, end: int) -> list[Any]:
             """Measure and encode heads first..end of the block: each head's cells (dense) or chunk (or None)."""
             part = weights[first:end]
+            if self.causal:
+                part = above_diagonal_zeroed(part, row_start)
             opened.metrics.add(head_start + first, row_start, part)
             if isinstance(file, _DenseLayer):
                 return [_cells(values, row_start, self.causal) for values in file.encoded(part)]
-            return [file.chunk(head_start + first + offset, _cells(values, row_start, self.causal), ends_block)
-                    for offset, values in enumerate(diffuse(part))]
+            return [file.chunk(head_start + first + offset, values, row_start, self.causal, ends_block)
+                    for offset, values in enumerate(part)]
 
         count = weights.shape[0]
         step = count if self.parallel is None else -(-count // PARALLEL_PARTS)
