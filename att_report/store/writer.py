@@ -106,19 +106,30 @@ class _ChunkedLayer:
         self.pending: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in range(num_heads)]  # steps so far
         self.pending_cells = [0] * num_heads
 
-    def chunk(self, head: int, weights: np.ndarray, row_start: int, causal: bool, ends_block: bool) -> bytes | None:
-        """Take one head's next rows of a row block as float32 weights (rows, keys; a causal row's keys after it at
-        0); give the block's compressed chunk once it ends (each head's rows are its own, so heads may take theirs on
-        different threads)."""
-        row, key, steps = diffused_steps(weights)
-        rows, keys = weights.shape
+    def chunks(self, head_start: int, weights: np.ndarray, row_start: int, causal: bool,
+               ends_block: bool) -> list[bytes | None]:
+        """Take the next rows of a row block for heads head_start.. as float32 weights (heads, rows, keys; a causal
+        row's keys after it at 0); give each head's compressed chunk once the block ends, else None. All heads are
+        diffused in one call: at a thousand tokens a head's rows are too few to pay for a call's fixed cost. Heads
+        are each their own, so different heads may be taken on different threads."""
+        heads, rows, keys = weights.shape
+        row, key, steps = diffused_steps(weights.reshape(heads * rows, keys))
         # Cells are each causal row's keys up to its diagonal (or every key), back to back, from the block's start.
         row_cells = row_start + 1 + np.arange(rows) if causal else np.full(rows, keys)
-        first_cells = np.cumsum(row_cells) - row_cells + self.pending_cells[head]
-        self.pending[head].append((first_cells[row] + key, steps))
-        self.pending_cells[head] += int(row_cells.sum())
-        if not ends_block:
-            return None
+        first_cells = np.cumsum(row_cells) - row_cells
+        head_of_step, row = np.divmod(row, rows)
+        bounds = np.searchsorted(head_of_step, np.arange(heads + 1))
+        chunks: list[bytes | None] = []
+        for offset, (start, end) in enumerate(zip(bounds[:-1], bounds[1:])):
+            head = head_start + offset
+            self.pending[head].append((first_cells[row[start:end]] + key[start:end] + self.pending_cells[head],
+                                       steps[start:end]))
+            self.pending_cells[head] += int(row_cells.sum())
+            chunks.append(self._finished(head) if ends_block else None)
+        return chunks
+
+    def _finished(self, head: int) -> bytes:
+        """The compressed chunk of a head's row block from its pending steps, which it clears."""
         positions, values = (np.concatenate(parts) for parts in zip(*self.pending[head]))
         self.pending[head], self.pending_cells[head] = [], 0
         return encode_chunk(positions, values)
@@ -218,8 +229,7 @@ class LayerWriter:
             opened.metrics.add(head_start + first, row_start, part)
             if isinstance(file, _DenseLayer):
                 return [_cells(values, row_start, self.causal) for values in file.encoded(part)]
-            return [file.chunk(head_start + first + offset, values, row_start, self.causal, ends_block)
-                    for offset, values in enumerate(part)]
+            return file.chunks(head_start + first, part, row_start, self.causal, ends_block)
 
         count = weights.shape[0]
         step = count if self.parallel is None else -(-count // PARALLEL_PARTS)
