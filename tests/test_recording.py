@@ -16,7 +16,7 @@ from transformers import PreTrainedModel
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 import att_report
-from att_report.capturing import side_weights
+from att_report.capturing import heap, side_weights
 from att_report.capturing.recorder import (
     EAGER,
     FLOAT32_TOLERANCE,
@@ -121,10 +121,11 @@ def test_weight_blocks_follow_sdpa_masks(mask_kind: str) -> None:
     assert not got[[1, 4]].any()  # heads not asked for are not computed
 
 
-def test_blocks_are_row_blocks_of_bounded_size() -> None:
-    assert side_weights.block_rows(9, 8192) == 192 and side_weights.block_rows(9, 1000) == 256  # 4 blocks at least
+def test_blocks_are_row_blocks_that_fit_the_heap() -> None:
+    """Whole store row blocks of 64 rows, at least 4 to a pass, each below glibc's largest heap block."""
+    assert side_weights.block_rows(9, 8192) == 64 and side_weights.block_rows(9, 1000) == 256  # 4 blocks at least
     assert side_weights.block_rows(64, 131072) == 64 and side_weights.block_rows(9, 100) == 64  # a store row block
-    assert 9 * 192 * 8192 * 4 <= side_weights.BLOCK_BYTES
+    assert 9 * 64 * 8192 * 4 <= side_weights.BLOCK_BYTES < heap.HEAP_BLOCK_BYTES
 
 
 def test_calls_sdpa_cannot_reproduce_fall_back() -> None:

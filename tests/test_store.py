@@ -17,7 +17,7 @@ import pytest
 import att_report
 from att_report.atomic import staged_directory
 from att_report.cli import main
-from att_report.store.codec import decode_chunk, encode_chunk, to_float16
+from att_report.store.codec import decode_chunk, diffuse, diffused_steps, encode_chunk, to_float16
 from att_report.store import (
     COMPACT_FROM_TOKENS,
     LayerWriter,
@@ -439,6 +439,29 @@ def test_chunks_round_trip_sparse_and_dense(size: int) -> None:
         cells = np.where(rng.random(size) < share, rng.integers(1, 256, size), 0).astype(np.uint8)
         positions = np.flatnonzero(cells)
         np.testing.assert_array_equal(decode_chunk(encode_chunk(positions, cells[positions]), size, "chunk"), cells)
+
+
+def _diffused_by_hand(rows: np.ndarray) -> np.ndarray:
+    """The module's definition, one long float64 running sum per row: q_j = Q_j - Q_(j-1), Q_j = floor(255 P_j + 1/2)."""
+    running = np.floor(np.cumsum(rows, axis=-1, dtype=np.float64) * 255 + 0.5)
+    return np.diff(running, axis=-1, prepend=0).astype(np.uint8)
+
+
+@pytest.mark.parametrize("keys", [1, 7, 64, 65, 200, 1000])
+def test_segmented_diffusion_gives_the_bytes_of_one_running_sum(keys: int) -> None:
+    """Diffusing 64 keys at a time gives the bytes of the plain definition: for rows spread thin, peaked, causal
+    (zero after the diagonal) and all zero."""
+    rng = np.random.default_rng(keys)
+    spread = rng.random((6, keys)) ** 8
+    peaked = np.exp(rng.normal(0, 4, (6, keys)))
+    causal = np.tril(rng.random((6, keys)) ** 4, k=keys // 2)
+    rows = np.concatenate([spread, peaked, causal, np.zeros((1, keys))])
+    rows = (rows / np.maximum(rows.sum(axis=1, keepdims=True), 1e-30)).astype(np.float32)
+    np.testing.assert_array_equal(diffuse(rows), _diffused_by_hand(rows))
+    row, key, steps = diffused_steps(rows)
+    assert (steps > 0).all() and (np.diff(row * keys + key) > 0).all()  # non-zero bytes, in row-major order
+    last_weight = np.array([np.flatnonzero(values).max(initial=-1) for values in rows])
+    assert (key <= last_weight[row]).all()  # no byte after a row's last weight: a causal row keeps to its cells
 
 
 def test_fast_float16_rounding_equals_numpy_bit_for_bit() -> None:
