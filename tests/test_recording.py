@@ -129,8 +129,9 @@ def test_blocks_are_row_blocks_that_fit_the_heap() -> None:
 
 
 def test_calls_sdpa_cannot_reproduce_fall_back() -> None:
-    """Soft capping, an unknown keyword, a key/value cache or training: the call runs the fallback, which gives
-    the output and the weights."""
+    """A call it can reproduce gives the output of its own weights, softmax(Q·Kᵀ·scaling + causal mask)·V (by hand),
+    when every head is recorded, and the fast function's when only some are. Soft capping, an unknown keyword, a
+    key/value cache or training: the call runs the fallback, which gives the output and the weights."""
     calls: list[str] = []
 
     def function(name: str) -> Callable[..., tuple[torch.Tensor, None]]:
@@ -144,9 +145,15 @@ def test_calls_sdpa_cannot_reproduce_fall_back() -> None:
     recorded: dict[int, str] = {}
     attention = side_weights_attention(function("fast"), function("fallback"), {id(module): 0},
                                        lambda *_: None, None, recorded)
-    query, key = torch.randn(1, 2, 3, 4), torch.randn(1, 2, 3, 4)
-    attention(module, query, key, key, None, scaling=0.5, softcap=None, sliding_window=None)
-    assert calls == ["fast"] and recorded == {0: SIDE_WEIGHTS}
+    query, key, value = torch.randn(1, 2, 3, 4), torch.randn(1, 2, 3, 4), torch.randn(1, 2, 3, 4)
+    output, weights = attention(module, query, key, value, None, scaling=0.5, softcap=None, sliding_window=None)
+    scores = (query @ key.transpose(-1, -2) * 0.5).masked_fill(torch.ones(3, 3, dtype=torch.bool).triu(1), -torch.inf)
+    torch.testing.assert_close(output, (torch.softmax(scores, -1) @ value).transpose(1, 2), rtol=0, atol=1e-6)
+    assert weights is None and calls == [] and recorded == {0: SIDE_WEIGHTS}
+    some_heads = side_weights_attention(function("fast"), function("fallback"), {id(module): 0},
+                                        lambda *_: None, [1], recorded)
+    some_heads(module, query, key, value, None, scaling=0.5)
+    assert calls == ["fast"]
     for kwargs in ({"softcap": 30.0}, {"s_aux": torch.zeros(2)}, {"position_bias": torch.zeros(1)}):
         attention(module, query, key, key, None, scaling=0.5, **kwargs)
     attention(module, query, torch.randn(1, 2, 5, 4), torch.randn(1, 2, 5, 4), None)  # keys from a cache

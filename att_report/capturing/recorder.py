@@ -6,9 +6,9 @@ those modules directly instead, so each layer's weights go to disk and are freed
 rather than all layers being collected in memory.
 
 Three ways to record, best first; a probe on a short prefix picks, per model, the best one that reproduces eager
-attention's weights and leaves the model's output as its fast path gives it:
-- sdpa-side-weights (side_weights.py): the model keeps its fast SDPA attention; the weights are computed beside
-  it per key/value head and block of rows;
+attention's weights and gives the model's output as its fast path does (within float rounding for side weights):
+- sdpa-side-weights (side_weights.py): each SDPA attention call is replaced by its weights, computed a block of
+  rows at a time, and their product with V;
 - head-chunked eager: eager attention, run on a few heads at a time, so the peak is a chunk of heads, not a layer;
 - eager: the model's eager attention, whole, each layer's weights taken from its attention module's output.
 """
@@ -43,6 +43,7 @@ PROBE_TOKENS = 16
 # How far a float32 model's recorded weights may be from its eager attention's: side weights come from a differently
 # blocked product, whose float32 rounding (a few units in the last place of a logit, amplified by exp) shows.
 FLOAT32_TOLERANCE = 1e-5
+OUTPUT_TOLERANCE = 1e-3  # how far the side-weights pass's logits may be from the fast path's (float rounding only)
 # Keyword arguments of an attention call that are the same for every head, so a chunk of heads may take them as
 # they are; any other (softcap, attention sinks, position bias, ...) makes that call run whole, as plain eager.
 HEAD_INDEPENDENT_KWARGS = frozenset({"dropout", "scaling", "sliding_window", "position_ids", "cache_position",
@@ -116,7 +117,8 @@ def eager_attention(model: PreTrainedModel) -> Iterator[None]:
 def probe_attention(model: PreTrainedModel, sites: list[AttentionSite], ids: list[int], num_heads: int) -> str:
     """Run a short forward pass to prove every layer returns (heads, T, T) weights, before any real work; return the
     best method (SIDE_WEIGHTS, HEAD_CHUNKED, EAGER) whose weights equal eager's (within the model dtype's tolerance
-    for side weights, bit for bit for chunks of eager) and whose output equals the model's plain pass."""
+    for side weights, bit for bit for chunks of eager) and whose output is the model's plain pass's (within
+    OUTPUT_TOLERANCE for side weights, which compute it from their own weights; bit for bit for chunks of eager)."""
     input_ids = torch.tensor([ids[:PROBE_TOKENS]], device=model.device)
     eager = _probe_pass(model, sites, input_ids, EAGER)
     expected = (num_heads, input_ids.shape[1], input_ids.shape[1])
@@ -130,7 +132,8 @@ def probe_attention(model: PreTrainedModel, sites: list[AttentionSite], ids: lis
         with torch.inference_mode():
             plain = model(input_ids, attention_mask=torch.ones_like(input_ids), use_cache=False)[0]
         side = _try_probe_pass(model, sites, input_ids, SIDE_WEIGHTS)
-        if side is not None and torch.equal(side.output, plain) and side.matches(eager, _tolerance(plain.dtype)):
+        if side is not None and side.matches(eager, _tolerance(plain.dtype)) and torch.allclose(
+                side.output.float(), plain.float(), rtol=OUTPUT_TOLERANCE, atol=OUTPUT_TOLERANCE):
             return SIDE_WEIGHTS
     chunked = _try_probe_pass(model, sites, input_ids, HEAD_CHUNKED)
     return HEAD_CHUNKED if chunked is not None and chunked.matches(eager, 0.0) else EAGER

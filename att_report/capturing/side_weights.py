@@ -1,9 +1,12 @@
-"""Record attention beside the model's fast SDPA attention instead of switching the model to eager.
+"""Record attention in place of the model's SDPA attention calls, a block of query rows at a time, instead of
+switching the model to eager.
 
-The model's output comes from its own `sdpa` function, untouched, so the hidden states are those of its normal fast
-path. Beside each call, per block of query rows, the weights softmax(Q·Kᵀ·scaling + mask) are computed the way the
-model's eager attention computes them (product in the model's dtype, softmax in float32) and handed to a sink, so no
-layer's whole (heads, T, T) square is ever held at length. All stored heads share a block: each block costs a few
+Per block of query rows, the weights softmax(Q·Kᵀ·scaling + mask) are computed the way the model's eager attention
+computes them (product in the model's dtype, softmax in float32) and handed to a sink, so no layer's whole
+(heads, T, T) square is ever held at length. Where every head is recorded, the call's output is those weights times
+V, block by block, as eager attention computes it: running SDPA as well would compute every product twice (at 8k
+tokens SDPA is 60% of the forward pass). The output then differs from SDPA's by float rounding only (the probe checks
+it); where only some heads are recorded, the output is SDPA's own. All stored heads share a block: each block costs a few
 operations, and on a CPU shared with the writer thread their count, not their size, dominates. A call this cannot
 reproduce exactly (soft capping, attention sinks, position bias, dropout, a key/value cache, any keyword outside a
 known set) runs the `fallback` (the model's own eager attention) instead, whose output and weights are then the
@@ -38,9 +41,9 @@ BlockSink = Callable[[int, list[int], int, torch.Tensor], None]
 
 def side_weights_attention(fast: AttentionFunction, fallback: AttentionFunction, layers: dict[int, int],
                            sink: BlockSink, heads: Sequence[int] | None, recorded: dict[int, str]) -> AttentionFunction:
-    """An attention function that returns `fast`'s output and streams the weights of the query `heads` (None: all)
-    of the modules in `layers` (module id -> layer) to `sink`, entering each such layer in `recorded`; other modules
-    run `fast` alone, and calls it cannot reproduce run `fallback`."""
+    """An attention function that streams the weights of the query `heads` (None: all) of the modules in `layers`
+    (module id -> layer) to `sink`, entering each such layer in `recorded`, and returns their output (`fast`'s where
+    not every head is recorded); other modules run `fast` alone, and calls it cannot reproduce run `fallback`."""
 
     def attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                   attention_mask: torch.Tensor | None, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -49,11 +52,18 @@ def side_weights_attention(fast: AttentionFunction, fallback: AttentionFunction,
             return fast(module, query, key, value, attention_mask, **kwargs)
         if not reproducible(module, query, key, value, attention_mask, kwargs):
             return fallback(module, query, key, value, attention_mask, **kwargs)
-        output = fast(module, query, key, value, attention_mask, **kwargs)
-        for block_heads, first_row, weights in weight_blocks(module, query, key, attention_mask, kwargs, heads):
-            sink(layer, block_heads, first_row, weights)
         recorded[layer] = SIDE_WEIGHTS
-        return output
+        if heads is not None and len(heads) < query.shape[1]:  # the output needs every head's weights
+            output = fast(module, query, key, value, attention_mask, **kwargs)
+            for block_heads, first_row, weights in weight_blocks(module, query, key, attention_mask, kwargs, heads):
+                sink(layer, block_heads, first_row, weights)
+            return output
+        values = value[0, [head * value.shape[1] // query.shape[1] for head in range(query.shape[1])]]
+        output = query.new_empty(query.shape[1:])
+        for block_heads, first_row, weights in weight_blocks(module, query, key, attention_mask, kwargs, None):
+            sink(layer, block_heads, first_row, weights)
+            torch.matmul(weights, values[:, :weights.shape[2]], out=output[:, first_row:first_row + weights.shape[1]])
+        return output.transpose(0, 1).unsqueeze(0).contiguous(), None
 
     return attention
 
@@ -75,7 +85,7 @@ def reproducible(module: nn.Module, query: torch.Tensor, key: torch.Tensor, valu
 def weight_blocks(module: nn.Module, query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor | None,
                   kwargs: dict[str, Any], wanted: Sequence[int] | None,
                   rows: int | None = None) -> Iterator[tuple[list[int], int, torch.Tensor]]:
-    """Yield (query heads, first row, float32 weights (heads, rows, keys)) for the `wanted` heads (None: all) per
+    """Yield (query heads, first row, weights in the query's dtype (heads, rows, keys)) for the `wanted` heads (None: all) per
     block of `rows` rows (default: what fits BLOCK_BYTES). keys is T, or where SDPA runs causal, the block's last
     row + 1: the keys after it have no weight, so they are neither computed nor held."""
     heads, length = query.shape[1], query.shape[2]
@@ -99,7 +109,7 @@ def weight_blocks(module: nn.Module, query: torch.Tensor, key: torch.Tensor, att
             scores[:, :, first:].masked_fill_(later[:end - first, :end - first], float("-inf"))
         elif attention_mask is not None:
             scores = _masked(scores, _mask_block(attention_mask, chosen, first, end))
-        yield chosen, first, nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype).float()
+        yield chosen, first, nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
 
 
 def block_rows(heads: int, length: int) -> int:
