@@ -130,8 +130,9 @@ def test_blocks_are_row_blocks_that_fit_the_heap() -> None:
 
 def test_calls_sdpa_cannot_reproduce_fall_back() -> None:
     """A call it can reproduce gives the output of its own weights, softmax(Q·Kᵀ·scaling + causal mask)·V (by hand),
-    when every head is recorded, and the fast function's when only some are. Soft capping, an unknown keyword, a
-    key/value cache or training: the call runs the fallback, which gives the output and the weights."""
+    when every head is recorded, and the fast function's when only some are or when told not to (a model not in
+    float32). Soft capping, an unknown keyword, a key/value cache or training: the call runs the fallback, which
+    gives the output and the weights."""
     calls: list[str] = []
 
     def function(name: str) -> Callable[..., tuple[torch.Tensor, None]]:
@@ -153,13 +154,16 @@ def test_calls_sdpa_cannot_reproduce_fall_back() -> None:
     some_heads = side_weights_attention(function("fast"), function("fallback"), {id(module): 0},
                                         lambda *_: None, [1], recorded)
     some_heads(module, query, key, value, None, scaling=0.5)
-    assert calls == ["fast"]
+    not_float32 = side_weights_attention(function("fast"), function("fallback"), {id(module): 0},
+                                         lambda *_: None, None, recorded, own_output=False)
+    not_float32(module, query, key, value, None, scaling=0.5)
+    assert calls == ["fast", "fast"]
     for kwargs in ({"softcap": 30.0}, {"s_aux": torch.zeros(2)}, {"position_bias": torch.zeros(1)}):
         attention(module, query, key, key, None, scaling=0.5, **kwargs)
     attention(module, query, torch.randn(1, 2, 5, 4), torch.randn(1, 2, 5, 4), None)  # keys from a cache
     module.train()
     attention(module, query, key, key, None, dropout=0.1)
-    assert calls == ["fast"] + ["fallback"] * 5
+    assert calls == ["fast", "fast"] + ["fallback"] * 5
 
 
 def test_recording_restores_attention_after_a_failure() -> None:

@@ -228,7 +228,7 @@ def recording(model: PreTrainedModel, sites: list[AttentionSite], sink: BlockSin
         eager = _chunked_attention(modules, sink, log.methods, heads)
         if method == SIDE_WEIGHTS:
             stack.enter_context(attention_function_replaced(FAST_IMPLEMENTATION, side_weights_attention(
-                _fast_function(model), eager, modules, sink, heads, log.methods)))
+                _fast_function(model), eager, modules, sink, heads, log.methods, model.dtype == torch.float32)))
         else:
             stack.enter_context(eager_attention(model))
             if method == HEAD_CHUNKED:

@@ -6,7 +6,8 @@ computes them (product in the model's dtype, softmax in float32) and handed to a
 (heads, T, T) square is ever held at length. Where every head is recorded, the call's output is those weights times
 V, block by block, as eager attention computes it: running SDPA as well would compute every product twice (at 8k
 tokens SDPA is 60% of the forward pass). The output then differs from SDPA's by float rounding only (the probe checks
-it); where only some heads are recorded, the output is SDPA's own. All stored heads share a block: each block costs a few
+it). Where only some heads are recorded, or the model is not float32 (where that rounding is coarser and has not
+been measured), the output is SDPA's own. All stored heads share a block: each block costs a few
 operations, and on a CPU shared with the writer thread their count, not their size, dominates. A call this cannot
 reproduce exactly (soft capping, attention sinks, position bias, dropout, a key/value cache, any keyword outside a
 known set) runs the `fallback` (the model's own eager attention) instead, whose output and weights are then the
@@ -40,10 +41,12 @@ BlockSink = Callable[[int, list[int], int, torch.Tensor], None]
 
 
 def side_weights_attention(fast: AttentionFunction, fallback: AttentionFunction, layers: dict[int, int],
-                           sink: BlockSink, heads: Sequence[int] | None, recorded: dict[int, str]) -> AttentionFunction:
+                           sink: BlockSink, heads: Sequence[int] | None, recorded: dict[int, str],
+                           own_output: bool = True) -> AttentionFunction:
     """An attention function that streams the weights of the query `heads` (None: all) of the modules in `layers`
-    (module id -> layer) to `sink`, entering each such layer in `recorded`, and returns their output (`fast`'s where
-    not every head is recorded); other modules run `fast` alone, and calls it cannot reproduce run `fallback`."""
+    (module id -> layer) to `sink`, entering each such layer in `recorded`, and returns their output where
+    `own_output` and every head is recorded, else `fast`'s; other modules run `fast` alone, and calls it cannot
+    reproduce run `fallback`."""
 
     def attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                   attention_mask: torch.Tensor | None, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -53,7 +56,7 @@ def side_weights_attention(fast: AttentionFunction, fallback: AttentionFunction,
         if not reproducible(module, query, key, value, attention_mask, kwargs):
             return fallback(module, query, key, value, attention_mask, **kwargs)
         recorded[layer] = SIDE_WEIGHTS
-        if heads is not None and len(heads) < query.shape[1]:  # the output needs every head's weights
+        if not own_output or (heads is not None and len(heads) < query.shape[1]):  # it needs every head's weights
             output = fast(module, query, key, value, attention_mask, **kwargs)
             for block_heads, first_row, weights in weight_blocks(module, query, key, attention_mask, kwargs, heads):
                 sink(layer, block_heads, first_row, weights)
