@@ -61,7 +61,7 @@ def side_weights_attention(fast: AttentionFunction, fallback: AttentionFunction,
             for block_heads, first_row, weights in weight_blocks(module, query, key, attention_mask, kwargs, heads):
                 sink(layer, block_heads, first_row, weights)
             return output
-        values = value[0, [head * value.shape[1] // query.shape[1] for head in range(query.shape[1])]]
+        values = _per_query_head(value, range(query.shape[1]), query.shape[1])
         output = query.new_empty(query.shape[1:])
         for block_heads, first_row, weights in weight_blocks(module, query, key, attention_mask, kwargs, None):
             sink(layer, block_heads, first_row, weights)
@@ -88,9 +88,9 @@ def reproducible(module: nn.Module, query: torch.Tensor, key: torch.Tensor, valu
 def weight_blocks(module: nn.Module, query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor | None,
                   kwargs: dict[str, Any], wanted: Sequence[int] | None,
                   rows: int | None = None) -> Iterator[tuple[list[int], int, torch.Tensor]]:
-    """Yield (query heads, first row, weights in the query's dtype (heads, rows, keys)) for the `wanted` heads (None: all) per
-    block of `rows` rows (default: what fits BLOCK_BYTES). keys is T, or where SDPA runs causal, the block's last
-    row + 1: the keys after it have no weight, so they are neither computed nor held."""
+    """Yield (query heads, first row, weights in the query's dtype (heads, rows, keys)) for the `wanted` heads
+    (None: all) per block of `rows` rows (default: what fits BLOCK_BYTES). keys is T, or where SDPA runs causal, the
+    block's last row + 1: the keys after it have no weight, so they are neither computed nor held."""
     heads, length = query.shape[1], query.shape[2]
     chosen = list(range(heads)) if wanted is None else sorted(wanted)
     rows = rows or block_rows(len(chosen), length)
@@ -103,7 +103,7 @@ def weight_blocks(module: nn.Module, query: torch.Tensor, key: torch.Tensor, att
     # Scaled before the product, not after as eager does: the queries, not every score (for the usual power-of-2
     # scaling, the same numbers). Each query head meets its key/value head's keys.
     queries = query[0, chosen] * scaling
-    keys = key[0, [head * key.shape[1] // heads for head in chosen]].transpose(1, 2)
+    keys = _per_query_head(key, chosen, heads).transpose(1, 2)
     for first in range(0, length, rows):
         end = min(length, first + rows)
         width = end if causal else length
@@ -113,6 +113,12 @@ def weight_blocks(module: nn.Module, query: torch.Tensor, key: torch.Tensor, att
         elif attention_mask is not None:
             scores = _masked(scores, _mask_block(attention_mask, chosen, first, end))
         yield chosen, first, nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+
+
+def _per_query_head(states: torch.Tensor, heads: Sequence[int], query_heads: int) -> torch.Tensor:
+    """The (heads, T, dim) keys or values each of the query `heads` meets: its key/value head's, with grouped-query
+    attention shared by a group of query_heads // key/value heads query heads."""
+    return states[0, [head * states.shape[1] // query_heads for head in heads]]
 
 
 def block_rows(heads: int, length: int) -> int:

@@ -4,9 +4,8 @@ overlaps computing the next.
 Blocks of at most PENDING_BYTES in all wait for the writer, so memory stays bounded whatever the model's speed,
 and the writer has work banked while the model runs the rest of each layer (its projections and MLP), which hands
 over no blocks: with a queue of two blocks the writer sat idle then, and the pass took the sum of both, not the
-larger. An error in the
-writer reaches the capture as itself, at the next block handed over or at the end, and the writer thread has
-stopped before the capture's staged directory is removed.
+larger. An error in the writer reaches the capture as itself, at the next block handed over or at the end, and the
+writer thread has stopped before the capture's staged directory is removed.
 """
 
 from __future__ import annotations

@@ -116,7 +116,7 @@ class _ChunkedLayer:
         row, key, steps = diffused_steps(weights.reshape(heads * rows, keys))
         # Cells are each causal row's keys up to its diagonal (or every key), back to back, from the block's start.
         row_cells = row_start + 1 + np.arange(rows) if causal else np.full(rows, keys)
-        first_cells = np.cumsum(row_cells) - row_cells
+        first_cells, head_cells = np.cumsum(row_cells) - row_cells, int(row_cells.sum())
         head_of_step, row = np.divmod(row, rows)
         bounds = np.searchsorted(head_of_step, np.arange(heads + 1))
         chunks: list[bytes | None] = []
@@ -124,7 +124,7 @@ class _ChunkedLayer:
             head = head_start + offset
             self.pending[head].append((first_cells[row[start:end]] + key[start:end] + self.pending_cells[head],
                                        steps[start:end]))
-            self.pending_cells[head] += int(row_cells.sum())
+            self.pending_cells[head] += head_cells
             chunks.append(self._finished(head) if ends_block else None)
         return chunks
 
