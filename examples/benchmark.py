@@ -5,7 +5,7 @@ Capture: plain `generate` vs `att-report capture` on the same prompt and token c
 Render: wall time, report bytes per stored attention value, largest file; in headless Chromium, time from
 opening a chunk to interactive and the time of one hover update.
 
-    python examples/benchmark.py [--runs 3] [--new-tokens 900] [--prompt-repeat 1] [--skip-browser]
+    python examples/benchmark.py [--runs 3] [--new-tokens 900] [--prompt-repeat 1] [--skip-browser] [--skip-render]
 
 --sweep instead times capture at length, each measurement in a fresh process: a long prompt and a short
 teacher-forced completion at each of --lengths tokens, a plain SDPA forward pass against the whole capture, peak
@@ -46,7 +46,7 @@ def main() -> None:
     parser.add_argument("--saliency-tokens", type=int, default=64, help="completion tokens explained by the saliency run")
     parser.add_argument("--sweep", action="store_true", help="time capture against a plain forward pass at --lengths")
     parser.add_argument("--lengths", default="1000,2000,4000,8000", help="token counts for --sweep, comma-separated")
-    parser.add_argument("--skip-render", action="store_true", help="--sweep times capture only")
+    parser.add_argument("--skip-render", action="store_true", help="time capture only (no render or saliency)")
     parser.add_argument("--float16-up-to", type=int, default=4096,
                         help="--sweep captures in float16 too up to this many tokens (its store grows as tokens^2)")
     args = parser.parse_args()
@@ -57,6 +57,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         prompt = " ".join([PROMPT] * args.prompt_repeat)
         store = args.store or benchmark_capture(Path(scratch), prompt, args.runs, args.new_tokens)
+        if args.skip_render:
+            return
         benchmark_render(Path(scratch), store, args.runs, args.skip_browser)
         if args.store is None:
             benchmark_saliency(store, args.saliency_tokens)
@@ -125,7 +127,8 @@ def peak_memory(scratch: Path, prompt: str, new_tokens: int, heads: int, tokens:
     probe = f"""
 import pathlib
 from att_report.capturing.config import CaptureConfig
-from att_report.capturing.pipeline import capture_loaded, generate
+from att_report.capturing.generation import generate
+from att_report.capturing.pipeline import capture_loaded
 config = CaptureConfig(prompt={prompt!r}, chat=True, max_new_tokens={new_tokens}, force=True, progress=False)
 {MODEL_AT_BASELINE}mode = __import__("sys").argv[1]
 if mode == "capture":
@@ -136,7 +139,7 @@ elif mode == "record":
     capture_loaded(loaded, __import__("dataclasses").replace(config, completion=completion), pathlib.Path({str(scratch / 'rss')!r}), 0.0)
 else:
     text = loaded.tokenizer.apply_chat_template([{{"role": "user", "content": {prompt!r}}}], add_generation_prompt=True, tokenize=False)
-    generate(loaded, loaded.tokenizer(text, add_special_tokens=False).input_ids, config)
+    generate(loaded.model, loaded.tokenizer(text, add_special_tokens=False).input_ids, {new_tokens}, {{"do_sample": False}})
 print(before, status("VmHWM:"))
 """
     figures = {}

@@ -167,6 +167,42 @@ def test_sampled_completion_is_generate_with_the_same_seed(folder: Path, tmp_pat
                                                 **settings}
 
 
+@pytest.mark.parametrize("kind", ["llama-gqa"], indirect=True)
+@pytest.mark.parametrize("dtype", ["float16", "uint8", "float32"])
+def test_generation_that_stops_early_stores_its_own_length(folder: Path, tmp_path: Path, tokenizer: object,
+                                                          eager_model: PreTrainedModel, dtype: str) -> None:
+    """Recorded while generating, a store is opened for the token limit; an end-of-sequence token before it ends
+    the store there, with every row the model's own attention and every log-probability its own."""
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    prompt_ids = tokenizer(PROMPT).input_ids
+    with torch.no_grad():
+        free = model.generate(torch.tensor([prompt_ids]), max_new_tokens=NEW_TOKENS, do_sample=False,
+                              eos_token_id=None)[0, len(prompt_ids):].tolist()
+    stop = next(index for index, token in enumerate(free) if index >= 2 and token not in free[:index])
+    model.generation_config.eos_token_id = free[stop]  # greedy decoding now ends at its (stop + 1)-th token
+    store = att_report.load(att_report.capture(PROMPT, tmp_path / "c", model=model, tokenizer=tokenizer,
+                                               max_new_tokens=40, attention_dtype=dtype, progress=False))
+    assert store.token_ids == prompt_ids + free[:stop + 1] and store.num_tokens < len(prompt_ids) + 40
+    assert store.manifest["generation"]["stop_reason"] == "eos"
+    assert store.manifest["generation"]["recorded"] == "while generating"
+    for layer, truth in enumerate(output_attentions(eager_model, store.token_ids)):
+        np.testing.assert_allclose(store.attention(layer), truth, rtol=0,
+                                   atol=store.encoding.weight_bound + FLOAT32_TOLERANCE, err_msg=f"layer {layer}")
+    with torch.no_grad():
+        log_probs = torch.log_softmax(eager_model(torch.tensor([store.token_ids])).logits[0], dim=-1)
+    expected = [float(log_probs[position - 1, store.token_ids[position]])
+                for position in range(store.prompt_length, store.num_tokens)]
+    np.testing.assert_allclose(store.manifest["completion"]["logprobs"], expected, atol=1e-4)
+
+
+@causal_kinds
+def test_generated_completions_are_recorded_while_generating_where_side_weights_record(
+        generated: att_report.CaptureStore) -> None:
+    generation = generated.manifest["generation"]
+    side_weights = generation["record_attention"] == "sdpa-side-weights"
+    assert generation["recorded"] == ("while generating" if side_weights else "in one pass")
+
+
 @all_kinds
 def test_tokens_join_into_the_decoded_text(generated: att_report.CaptureStore, tokenizer: object) -> None:
     assert "".join(generated.tokens) == decoded(tokenizer, generated.token_ids)

@@ -83,7 +83,7 @@ def test_a_sliding_window_shorter_than_the_prompt_is_kept(tiny_model: Models, tm
 
 def test_many_row_blocks_equal_one(tiny_model: Models, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Blocks of 5 rows (a default block is longer than any tiny prompt) tile every layer exactly."""
-    monkeypatch.setattr(side_weights, "block_rows", lambda heads, length: 5)
+    monkeypatch.setattr(side_weights, "block_rows", lambda *_: 5)
     folder = tiny_model("llama-gqa")
     store = att_report.load(att_report.capture(PROMPT, tmp_path / "c", model=str(folder), max_new_tokens=0,
                                                attention_dtype="float32", progress=False))

@@ -13,9 +13,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 import att_report
 from att_report.atomic import staged_directory
+from att_report.capturing.streaming import block_stream
 from att_report.cli import main
 from att_report.store.codec import decode_chunk, diffuse, diffused_steps, encode_chunk, to_float16
 from att_report.store import (
@@ -355,6 +357,40 @@ def test_blocks_in_any_head_order_and_row_split_store_the_same(tmp_path: Path, d
     np.testing.assert_allclose(at_once.attention(7), whole(layer, causal), atol=at_once.encoding.weight_bound)
     np.testing.assert_allclose(in_pieces.manifest["attention"]["metrics"]["values"],
                                at_once.manifest["attention"]["metrics"]["values"], rtol=1e-6)  # summed in another order
+
+
+@pytest.mark.parametrize("dtype", ENCODINGS)
+def test_a_store_ended_early_equals_one_written_for_its_length(tmp_path: Path, dtype: str) -> None:
+    """What generation does: a writer opened for the token limit (200) takes a prompt block, then one row per
+    token through the capture's block stream, and ends at 150; its files are the bytes of a writer opened for 150."""
+    rng = np.random.default_rng(3)
+    length, limit = 150, 200
+    layer = np.tril(rng.dirichlet(np.full(length, 0.1), size=(3, length))).astype(np.float32)
+    for_length = write_in_blocks(tmp_path / "known", layer, dtype, True, [(0, 3, 0, length)])
+    with staged_directory(tmp_path / "ended") as staging:
+        writer = LayerWriter(staging, 3, limit, True, dtype)
+        with block_stream(writer, [0, 1, 2], leave_a_core=False) as stream:
+            stream(7, [0, 1, 2], 0, torch.from_numpy(layer[:, :70, :70]))  # the prompt, ending inside a row block
+            for row in range(70, length):
+                stream(7, [0, 1, 2], row, torch.from_numpy(layer[:, row:row + 1, :row + 1]))
+            stream.end_at(length)
+        write_manifest(staging, minimal_manifest(writer, length, True))
+    ended = att_report.load(tmp_path / "ended")
+    assert ended.num_tokens == length and ended.encoding == for_length.encoding
+    for mine, theirs in zip(ended.manifest["attention"]["files"], for_length.manifest["attention"]["files"]):
+        assert mine["sha256"] == theirs["sha256"] and mine.get("index") == theirs.get("index")
+    np.testing.assert_allclose(ended.manifest["attention"]["metrics"]["values"],
+                               for_length.manifest["attention"]["metrics"]["values"], rtol=1e-6)
+
+
+def test_only_an_open_causal_store_ends_early(tmp_path: Path) -> None:
+    square = LayerWriter(tmp_path / "square", 1, 8, False, "float16")
+    with pytest.raises(att_report.AttReportError, match="only a causal store whose layers are all still open"):
+        square.end_at(4)
+    causal = LayerWriter(tmp_path / "causal", 1, 8, True, "float16")
+    causal.write_block(0, 0, 0, np.full((1, 6, 6), 0.1, np.float32))
+    with pytest.raises(att_report.AttReportError, match="layer 0 holds rows past token 4"):
+        causal.end_at(4)
 
 
 WRITER_MISUSE: dict[str, tuple[list[tuple[int, int, int, int]], str]] = {

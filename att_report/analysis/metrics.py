@@ -143,6 +143,11 @@ class HeadAccumulator:
                 histogram[-1] += counts[MEDIAN_BINS: half].sum()
         self.histogram[heads, 0] -= ignored
 
+    def cut(self, num_tokens: int) -> None:
+        """Measure a causal layer that ended at `num_tokens` rows, fewer than it was opened for (a row's keys are
+        its own position's, so only the row count changes)."""
+        self.num_tokens, self.keys = num_tokens, self.keys[:num_tokens]
+
     def finite(self) -> bool:
         """Whether every weight taken so far was a number (a NaN or infinity spoils every sum)."""
         return bool(np.isfinite(self.total).all() and np.isfinite(self.squares).all())

@@ -1,8 +1,8 @@
 """Completion log-probabilities without ever holding a (tokens x vocabulary) logits tensor.
 
-The recording pass asks the model for the last position's logits only and keeps the final hidden states of the
-completion positions (a forward hook on the base model). The output head then runs on those states in chunks.
-That is faithful when the model's logits are its output head applied to the final hidden state, which is checked
+The recording pass (or generation) asks the model for the last position's logits only and keeps the final hidden
+states of the completion positions (a forward hook on the base model). The output head then runs on those states in
+chunks. That is faithful when the model's logits are its output head applied to the final hidden state, which is checked
 against the model's own logits at the last position; a model that transforms its logits further (soft-capping,
 scaling) gets its logits from a second, plain forward pass instead.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -22,14 +22,24 @@ TOP_ALTERNATIVES = 5
 
 @dataclass
 class HiddenTap:
-    """Hold the base model's final hidden states at positions start..end-1 of the recording pass."""
+    """Hold the base model's final hidden states at positions start..end-1 of the forward calls made while it
+    listens: one pass over the sequence, or generation's calls, each continuing the positions of the one before."""
 
     start: int
     end: int
-    states: torch.Tensor | None = None
+    seen: int = 0  # positions the calls so far covered
+    parts: list[torch.Tensor] = field(default_factory=list)
 
     def __call__(self, _module: Any, _args: Any, output: Any) -> None:
-        self.states = output[0][0, self.start:self.end].detach()
+        hidden = output[0][0]
+        first, self.seen = self.seen, self.seen + hidden.shape[0]
+        low, high = max(self.start, first), min(self.end, self.seen)
+        if low < high:
+            self.parts.append(hidden[low - first:high - first].detach())
+
+    @property
+    def states(self) -> torch.Tensor:
+        return torch.cat(self.parts)
 
 
 @contextmanager

@@ -1,13 +1,13 @@
-"""The capture stage: generate (or take) a completion, then record prompt + completion attention to a store.
+"""The capture stage: generate (or take) a completion and record prompt + completion attention to a store.
 
-Generation runs with the model's fast attention. Then one forward pass over the whole sequence records the weights
-(beside the fast attention, or with eager attention, as a probe decides: recorder.py), and they stream to disk
-block by block on a writer thread: for a causal model, token t's attention in this pass is the attention it had
-while being generated.
-
-The recording pass does not reuse generation's key/value cache: the pass needs every position's queries, which the
-cache does not hold, and generation computed its keys over many calls of different shapes, so one pass over the
-whole sequence is both simpler and the one whose weights the probe proves equal to eager attention's.
+A generated completion is recorded while it is generated, where a probe shows that this gives eager attention's
+weights (recorder.records_while_generating): side weights are computed beside each of `generate`'s SDPA calls, the
+prompt's rows in its first call and then one row per token over its key/value cache, so the prompt is run once, not
+again in a second pass, and the tokens are exactly plain `generate`'s. Otherwise (a given completion, an encoder,
+--neurons, which rank units over the whole sequence, or a model recorded another way), one forward pass over the
+whole sequence records the weights after generation (beside the fast attention, or with eager attention, as a probe
+decides: recorder.py). Either way the weights stream to disk block by block on a writer thread, and for a causal
+model token t's stored attention is the attention it had while being generated.
 """
 
 from __future__ import annotations
@@ -25,21 +25,30 @@ import numpy as np
 import torch
 import transformers
 from tqdm.auto import tqdm
-from transformers.generation.streamers import BaseStreamer
+from transformers import DynamicCache
 
 from att_report import __version__
 from att_report.atomic import check_replaceable, staged_directory
 from att_report.capturing.config import CaptureConfig
-from att_report.errors import ModelError, UsageError
+from att_report.capturing.generation import generate, run_last_token, sampling_options
 from att_report.capturing.heap import keep_blocks_on_heap
 from att_report.capturing.logprobs import TOP_ALTERNATIVES, CompletionScores, score_completion, tapping_final_hidden
 from att_report.capturing.models import LoadedModel, context_length, is_causal_config, load_model, model_facts
 from att_report.capturing.neurons import NeuronRecorder, check_neuron_count, layer_modules, recording_neurons
 from att_report.capturing.prompts import PromptTokens, check_prompt_options, tokenize_input
-from att_report.capturing.recorder import AttentionSite, RecordingLog, find_attention_sites, probe_attention, recording
+from att_report.capturing.recorder import (
+    AttentionSite,
+    RecordingLog,
+    find_attention_sites,
+    probe_attention,
+    recording,
+    records_while_generating,
+)
+from att_report.capturing.side_weights import SIDE_WEIGHTS
 from att_report.capturing.saliency import saliency_maps
 from att_report.capturing.scope import Scope, resolve_scope
 from att_report.capturing.streaming import block_stream, encoding_threads
+from att_report.errors import ModelError, UsageError
 from att_report.store import LayerWriter, is_store, write_array, write_manifest
 from att_report.store.space import check_disk_space, human_bytes, projected_store_bytes
 from att_report.token_text import token_texts
@@ -85,24 +94,36 @@ def capture_loaded(loaded: LoadedModel, config: CaptureConfig, output: Path, loa
     sites = find_attention_sites(loaded.model, facts["num_layers"])
     method = probe_attention(loaded.model, sites, tokens.prompt_ids, facts["num_heads"])
     neurons = NeuronRecorder(config.neurons) if config.neurons else None
+    while_generating = _records_while_generating(loaded, sites, method, tokens, config)
     timings = {"load_s": round(load_seconds, 3)}
-    started = time.perf_counter()
-    completion_ids, stop_reason = _completion(loaded, tokens, config)
-    timings["generate_s"] = round(time.perf_counter() - started, 3)
-    ids = tokens.prompt_ids + completion_ids
-    _check_space(output, scope, len(ids), loaded.causal, config)
+    if while_generating:
+        length = len(tokens.prompt_ids) + config.max_new_tokens  # the most it can reach: the writer ends it earlier
+    else:
+        started = time.perf_counter()
+        completion_ids, stop_reason = _completion(loaded, tokens, config)
+        timings["generate_s"] = round(time.perf_counter() - started, 3)
+        length = len(tokens.prompt_ids) + len(completion_ids)
+    _check_space(output, scope, length, loaded.causal, config)
     started = time.perf_counter()
     keep_blocks_on_heap()
     with staged_directory(output) as staging, encoding_threads() as parallel:
-        writer = LayerWriter(staging, facts["num_heads"], len(ids), loaded.causal, config.attention_dtype,
+        writer = LayerWriter(staging, facts["num_heads"], length, loaded.causal, config.attention_dtype,
                              layer_indices=scope.layers, head_indices=scope.heads, parallel=parallel)
-        recorded = _record(loaded, sites, method, scope, ids, len(completion_ids), writer, config.progress, neurons)
+        if while_generating:
+            completion_ids, stop_reason, recorded, generated_at = _generate_recording(loaded, sites, scope, tokens,
+                                                                                     config, writer)
+            timings["generate_s"] = round(generated_at - started, 3)
+        else:
+            recorded = _record(loaded, sites, method, scope, tokens.prompt_ids + completion_ids, len(completion_ids),
+                               writer, config.progress, neurons)
         timings["record_s"] = round(time.perf_counter() - started, 3)
+        ids = tokens.prompt_ids + completion_ids
         manifest = {
             "model": facts,
             "input": {"mode": tokens.mode, "prompt": config.prompt, "system": config.system},
             "tokens": _token_section(loaded.tokenizer, ids, len(tokens.prompt_ids)),
-            "generation": _generation_section(config, tokens, stop_reason, loaded, recorded.log.implementation()),
+            "generation": _generation_section(config, tokens, stop_reason, loaded, recorded.log.implementation(),
+                                              while_generating),
             "completion": _completion_section(loaded.tokenizer, recorded.scores),
             "attention": writer.attention_section(),
             "software": _software(),
@@ -119,6 +140,14 @@ def capture_loaded(loaded: LoadedModel, config: CaptureConfig, output: Path, loa
             timings["saliency_s"] = round(time.perf_counter() - started, 3)
         write_manifest(staging, manifest)
     return output
+
+
+def _records_while_generating(loaded: LoadedModel, sites: list[AttentionSite], method: str, tokens: PromptTokens,
+                              config: CaptureConfig) -> bool:
+    """Whether to record while generating: a completion to generate, nothing that needs the whole sequence first
+    (--neurons), side weights for the model, and a probe showing they give every row's weights inside generate."""
+    return (loaded.causal and tokens.completion_ids is None and config.max_new_tokens > 0 and not config.neurons
+            and method == SIDE_WEIGHTS and records_while_generating(loaded.model, sites, tokens.prompt_ids))
 
 
 def _check_space(output: Path, scope: Scope, num_tokens: int, causal: bool, config: CaptureConfig) -> None:
@@ -166,50 +195,33 @@ def _completion(loaded: LoadedModel, tokens: PromptTokens, config: CaptureConfig
         return tokens.completion_ids, None
     if config.max_new_tokens == 0:
         return [], None
-    return generate(loaded, tokens.prompt_ids, config)
+    return generate(loaded.model, tokens.prompt_ids, config.max_new_tokens, _sampling(config),
+                    progress=config.progress)
 
 
-def generate(loaded: LoadedModel, prompt_ids: list[int], config: CaptureConfig) -> tuple[list[int], str]:
-    """Generate with the model's own fast attention; greedy unless sampling was asked for."""
+def _sampling(config: CaptureConfig) -> dict[str, Any]:
+    return sampling_options(config.sample, config.seed, config.temperature, config.top_p, config.top_k)
+
+
+def _generate_recording(loaded: LoadedModel, sites: list[AttentionSite], scope: Scope, tokens: PromptTokens,
+                        config: CaptureConfig, writer: LayerWriter) -> tuple[list[int], str, RecordedOutputs, float]:
+    """Generate with side weights recorded in every call, streaming them to `writer` (opened for the most tokens
+    the generation can reach), run the last token's step, end the store at the length reached and score the
+    completion; also give when generation ended (a perf_counter time)."""
     model = loaded.model
-    input_ids = torch.tensor([prompt_ids], device=model.device)
-    sampling: dict[str, Any] = {"do_sample": False}
-    if config.sample:
-        torch.manual_seed(config.seed)
-        sampling = {"do_sample": True, "temperature": config.temperature, "top_p": config.top_p, "top_k": config.top_k}
-    eos = _eos_ids(model)
-    with tqdm(total=config.max_new_tokens, desc="generating", unit="tok", disable=not config.progress) as bar:
-        with torch.inference_mode():
-            output = model.generate(
-                input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=config.max_new_tokens,
-                pad_token_id=(eos or [0])[0] if model.generation_config.pad_token_id is None else None,
-                streamer=_ProgressStreamer(bar), **sampling,
-            )
-    completion = output[0, len(prompt_ids):].tolist()
-    return completion, "eos" if completion and completion[-1] in eos else "length"
-
-
-class _ProgressStreamer(BaseStreamer):
-    """Advance a progress bar by one per generated token (the first `put` is the prompt)."""
-
-    def __init__(self, bar: Any) -> None:
-        self.bar = bar
-        self.seen_prompt = False
-
-    def put(self, value: torch.Tensor) -> None:
-        if self.seen_prompt:
-            self.bar.update(1)
-        self.seen_prompt = True
-
-    def end(self) -> None:
-        self.bar.refresh()
-
-
-def _eos_ids(model: Any) -> list[int]:
-    eos = model.generation_config.eos_token_id
-    if eos is None:
-        return []
-    return [eos] if isinstance(eos, int) else list(eos)
+    cache = DynamicCache()
+    prompt_length = len(tokens.prompt_ids)
+    with block_stream(writer, scope.heads, leave_a_core=False) as stream, torch.inference_mode(), \
+            recording(model, sites, stream, SIDE_WEIGHTS, scope.layers, scope.heads, sdpa_output=True) as log, \
+            tapping_final_hidden(model, prompt_length - 1, writer.num_tokens) as final_hidden:
+        completion_ids, stop_reason = generate(model, tokens.prompt_ids, config.max_new_tokens, _sampling(config),
+                                               progress=config.progress, cache=cache)
+        generated_at = time.perf_counter()
+        last_logits = run_last_token(model, cache, completion_ids[-1])
+        stream.end_at(prompt_length + len(completion_ids))
+    _check_layers(writer, scope)
+    scores = _scores(model, tokens.prompt_ids + completion_ids, len(completion_ids), final_hidden.states, last_logits)
+    return completion_ids, stop_reason, RecordedOutputs(log=log, encoder_logits=None, scores=scores), generated_at
 
 
 def _record(loaded: LoadedModel, sites: list[AttentionSite], method: str, scope: Scope, ids: list[int],
@@ -223,28 +235,38 @@ def _record(loaded: LoadedModel, sites: list[AttentionSite], method: str, scope:
     options: dict[str, Any] = {}
     if loaded.causal and "logits_to_keep" in inspect.signature(model.forward).parameters:
         options["logits_to_keep"] = 1
-    first_predictor = len(ids) - completion_length - 1
     with tqdm(total=len(scope.layers), desc="recording attention", unit="layer", disable=not progress) as bar, \
             block_stream(writer, scope.heads, bar) as stream, torch.inference_mode(), \
             recording(model, sites, stream, method, scope.layers, scope.heads) as log, \
             recording_neurons(layers, neurons or NeuronRecorder(0)), \
-            tapping_final_hidden(model, first_predictor, len(ids)) as final_hidden:
+            tapping_final_hidden(model, len(ids) - completion_length - 1, len(ids)) as final_hidden:
         outputs = model(input_ids, attention_mask=torch.ones_like(input_ids), use_cache=False, **options)
-    if len(writer.files) != len(scope.layers):
-        raise ModelError(f"only {len(writer.files)} of {len(scope.layers)} layers returned attention weights.")
+    _check_layers(writer, scope)
     logits = getattr(outputs, "logits", None)
     if logits is None or not loaded.causal:
         return RecordedOutputs(log=log, encoder_logits=None if logits is None else logits[0], scores=None)
     if completion_length == 0:
         return RecordedOutputs(log=log, encoder_logits=None, scores=None)
+    scores = _scores(model, ids, completion_length, final_hidden.states, logits[0, -1])
+    return RecordedOutputs(log=log, encoder_logits=None, scores=scores)
+
+
+def _check_layers(writer: LayerWriter, scope: Scope) -> None:
+    if len(writer.files) != len(scope.layers):
+        raise ModelError(f"only {len(writer.files)} of {len(scope.layers)} layers returned attention weights.")
+
+
+def _scores(model: Any, ids: list[int], completion_length: int, states: torch.Tensor,
+            last_logits: torch.Tensor) -> CompletionScores:
+    """Score the completion from the final hidden states of its predicting positions and the last one, whose
+    logits (the model's own) show whether the output head alone turns states into logits."""
+    first_predictor = len(ids) - completion_length - 1
 
     def plain_logits() -> torch.Tensor:
         with torch.inference_mode():
-            return model(input_ids, use_cache=False).logits[0, first_predictor:-1]
+            return model(torch.tensor([ids], device=model.device), use_cache=False).logits[0, first_predictor:-1]
 
-    completion_ids = ids[len(ids) - completion_length:]
-    scores = score_completion(model, final_hidden.states, logits[0, -1], completion_ids, plain_logits)
-    return RecordedOutputs(log=log, encoder_logits=None, scores=scores)
+    return score_completion(model, states, last_logits, ids[first_predictor + 1:], plain_logits)
 
 
 @dataclass(frozen=True)
@@ -268,7 +290,7 @@ def _token_section(tokenizer: Any, ids: list[int], prompt_length: int) -> dict[s
 
 
 def _generation_section(config: CaptureConfig, tokens: PromptTokens, stop_reason: str | None,
-                        loaded: LoadedModel, record_attention: str) -> dict[str, Any]:
+                        loaded: LoadedModel, record_attention: str, while_generating: bool) -> dict[str, Any]:
     if not loaded.causal or (tokens.completion_ids is None and config.max_new_tokens == 0):
         mode = "none"
     elif tokens.completion_ids is not None:
@@ -276,7 +298,8 @@ def _generation_section(config: CaptureConfig, tokens: PromptTokens, stop_reason
     else:
         mode = "sample" if config.sample else "greedy"
     section: dict[str, Any] = {"mode": mode, "stop_reason": stop_reason, "device": str(loaded.model.device),
-                               "record_attention": record_attention}
+                               "record_attention": record_attention,
+                               "recorded": "while generating" if while_generating else "in one pass"}
     if mode in ("greedy", "sample"):
         section["max_new_tokens"] = config.max_new_tokens
     if mode == "sample":

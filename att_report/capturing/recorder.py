@@ -24,9 +24,10 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import PreTrainedModel
+from transformers import DynamicCache, PreTrainedModel
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+from att_report.capturing.generation import generate, run_last_token
 from att_report.capturing.side_weights import (
     FAST_IMPLEMENTATION,
     SIDE_WEIGHTS,
@@ -40,6 +41,7 @@ from att_report.errors import ModelError
 EAGER = "eager"
 HEAD_CHUNKED = "head-chunked eager"
 PROBE_TOKENS = 16
+PROBE_STEPS = 3  # tokens the generation probe generates after half the probe's tokens (each a call over the cache)
 # How far a float32 model's recorded weights may be from its eager attention's: side weights come from a differently
 # blocked product, whose float32 rounding (a few units in the last place of a logit, amplified by exp) shows.
 FLOAT32_TOLERANCE = 1e-5
@@ -139,6 +141,26 @@ def probe_attention(model: PreTrainedModel, sites: list[AttentionSite], ids: lis
     return HEAD_CHUNKED if chunked is not None and chunked.matches(eager, 0.0) else EAGER
 
 
+def records_while_generating(model: PreTrainedModel, sites: list[AttentionSite], ids: list[int]) -> bool:
+    """Whether side weights recorded inside `generate` (the prompt's rows in its first call, then one row per
+    token over its key/value cache) give eager attention's weights for every row of the sequence, proved on a short
+    generation from the prompt's first tokens; any error or difference means no."""
+    prompt = ids[:PROBE_TOKENS // 2]
+    blocks, keep = _kept_blocks()
+    cache = DynamicCache()
+    try:
+        with recording(model, sites, keep, SIDE_WEIGHTS, sdpa_output=True) as log:
+            completion, _ = generate(model, prompt, PROBE_STEPS, {"do_sample": False}, cache=cache,
+                                     at_least=PROBE_STEPS)
+            run_last_token(model, cache, completion[-1])
+        recorded = [_assembled(blocks[layer]) for layer in sorted(blocks)]
+    except Exception:  # noqa: BLE001 (a model that cannot record this way records in a pass after generating)
+        return False
+    eager = _probe_pass(model, sites, torch.tensor([prompt + completion], device=model.device), EAGER)
+    return set(log.methods.values()) == {SIDE_WEIGHTS} and _same_weights(recorded, eager.layers,
+                                                                         _tolerance(eager.output.dtype))
+
+
 def _tolerance(dtype: torch.dtype) -> float:
     """How far side weights may be from eager's: FLOAT32_TOLERANCE, or one rounding step of a half-precision model's
     weights."""
@@ -156,13 +178,19 @@ class _ProbeResult:
     def matches(self, other: _ProbeResult, tolerance: float) -> bool:
         """Whether every layer was recorded by this pass's method, with weights within `tolerance` of `other`'s
         (eager's); a tolerance of 0 asks for the weights and the output bit for bit."""
-        if len(self.layers) != len(other.layers) or set(self.log.methods.values()) != {self.log.method}:
+        if set(self.log.methods.values()) != {self.log.method}:
             return False
-        pairs = [(self.output, other.output), *zip(self.layers, other.layers)]
         if tolerance == 0:
-            return all(torch.equal(mine, theirs) for mine, theirs in pairs)
-        return all(mine.shape == theirs.shape and float((mine.float() - theirs.float()).abs().max()) <= tolerance
-                   for mine, theirs in pairs[1:])
+            return torch.equal(self.output, other.output) and _same_weights(self.layers, other.layers, 0.0)
+        return _same_weights(self.layers, other.layers, tolerance)
+
+
+def _same_weights(mine: list[torch.Tensor], theirs: list[torch.Tensor], tolerance: float) -> bool:
+    """Whether two passes' layers have the same shapes and weights within `tolerance` (0: bit for bit)."""
+    return len(mine) == len(theirs) and all(
+        one.shape == other.shape and (torch.equal(one, other) if tolerance == 0
+                                      else float((one.float() - other.float()).abs().max()) <= tolerance)
+        for one, other in zip(mine, theirs))
 
 
 def _try_probe_pass(model: PreTrainedModel, sites: list[AttentionSite], input_ids: torch.Tensor,
@@ -175,14 +203,20 @@ def _try_probe_pass(model: PreTrainedModel, sites: list[AttentionSite], input_id
 
 def _probe_pass(model: PreTrainedModel, sites: list[AttentionSite], input_ids: torch.Tensor,
                 method: str) -> _ProbeResult:
+    blocks, keep = _kept_blocks()
+    with torch.inference_mode(), recording(model, sites, keep, method) as log:
+        output = model(input_ids, attention_mask=torch.ones_like(input_ids), use_cache=False)[0]
+    return _ProbeResult(layers=[_assembled(blocks[layer]) for layer in sorted(blocks)], output=output, log=log)
+
+
+def _kept_blocks() -> tuple[dict[int, list[tuple[list[int], int, torch.Tensor]]], BlockSink]:
+    """A sink that keeps every block, and the per-layer lists it keeps them in."""
     blocks: dict[int, list[tuple[list[int], int, torch.Tensor]]] = {}
 
     def keep(layer: int, heads: list[int], first_row: int, weights: torch.Tensor) -> None:
         blocks.setdefault(layer, []).append((heads, first_row, weights.clone()))
 
-    with torch.inference_mode(), recording(model, sites, keep, method) as log:
-        output = model(input_ids, attention_mask=torch.ones_like(input_ids), use_cache=False)[0]
-    return _ProbeResult(layers=[_assembled(blocks[layer]) for layer in sorted(blocks)], output=output, log=log)
+    return blocks, keep
 
 
 def _assembled(blocks: list[tuple[list[int], int, torch.Tensor]]) -> torch.Tensor:
@@ -214,10 +248,13 @@ class RecordingLog:
 
 @contextmanager
 def recording(model: PreTrainedModel, sites: list[AttentionSite], sink: BlockSink, method: str,
-              layers: Sequence[int] | None = None, heads: Sequence[int] | None = None) -> Iterator[RecordingLog]:
+              layers: Sequence[int] | None = None, heads: Sequence[int] | None = None, *,
+              sdpa_output: bool = False) -> Iterator[RecordingLog]:
     """Run the model's forward passes inside with `method` (SIDE_WEIGHTS, HEAD_CHUNKED or EAGER), handing the
     weights of the query `heads` (None: all) of `layers` (None: all) to `sink` (side_weights.BlockSink); restore the
-    model's attention implementation and transformers' attention functions afterwards, whatever happens."""
+    model's attention implementation and transformers' attention functions afterwards, whatever happens. With
+    `sdpa_output`, side weights leave every call's output to SDPA, so the model computes exactly what it does
+    unrecorded."""
     log = RecordingLog(method)
     chosen = range(len(sites)) if layers is None else layers
     modules = {id(sites[layer].module): layer for layer in chosen}
@@ -228,7 +265,8 @@ def recording(model: PreTrainedModel, sites: list[AttentionSite], sink: BlockSin
         eager = _chunked_attention(modules, sink, log.methods, heads)
         if method == SIDE_WEIGHTS:
             stack.enter_context(attention_function_replaced(FAST_IMPLEMENTATION, side_weights_attention(
-                _fast_function(model), eager, modules, sink, heads, log.methods, model.dtype == torch.float32)))
+                _fast_function(model), eager, modules, sink, heads, log.methods,
+                own_output=model.dtype == torch.float32 and not sdpa_output)))
         else:
             stack.enter_context(eager_attention(model))
             if method == HEAD_CHUNKED:

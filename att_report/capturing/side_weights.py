@@ -6,11 +6,13 @@ computes them (product in the model's dtype, softmax in float32) and handed to a
 (heads, T, T) square is ever held at length. Where every head is recorded, the call's output is those weights times
 V, block by block, as eager attention computes it: running SDPA as well would compute every product twice (at 8k
 tokens SDPA is 60% of the forward pass). The output then differs from SDPA's by float rounding only (the probe checks
-it). Where only some heads are recorded, or the model is not float32 (where that rounding is coarser and has not
-been measured), the output is SDPA's own. All stored heads share a block: each block costs a few
-operations, and on a CPU shared with the writer thread their count, not their size, dominates. A call this cannot
-reproduce exactly (soft capping, attention sinks, position bias, dropout, a key/value cache, any keyword outside a
-known set) runs the `fallback` (the model's own eager attention) instead, whose output and weights are then the
+it). Where only some heads are recorded, the model is not float32 (where that rounding is coarser and has not been
+measured), or the caller needs SDPA's output bit for bit (recording while generating, so the tokens are plain
+`generate`'s), the output is SDPA's own. All stored heads share a block: each block costs a few operations, and on a
+CPU shared with the writer thread their count, not their size, dominates. Calls during generation, whose queries
+follow the cached keys, give their rows at their positions. A call this cannot reproduce exactly (soft capping,
+attention sinks, position bias, dropout, several queries after cached keys with no mask, any keyword outside a known
+set) runs the `fallback` (the model's own eager attention) instead, whose output and weights are then the
 recording's."""
 
 from __future__ import annotations
@@ -56,15 +58,16 @@ def side_weights_attention(fast: AttentionFunction, fallback: AttentionFunction,
         if not reproducible(module, query, key, value, attention_mask, kwargs):
             return fallback(module, query, key, value, attention_mask, **kwargs)
         recorded[layer] = SIDE_WEIGHTS
+        earlier = key.shape[2] - query.shape[2]  # positions before the first query: a key/value cache's
         if not own_output or (heads is not None and len(heads) < query.shape[1]):  # it needs every head's weights
             output = fast(module, query, key, value, attention_mask, **kwargs)
             for block_heads, first_row, weights in weight_blocks(module, query, key, attention_mask, kwargs, heads):
-                sink(layer, block_heads, first_row, weights)
+                sink(layer, block_heads, earlier + first_row, weights)
             return output
         values = _per_query_head(value, range(query.shape[1]), query.shape[1])
         output = query.new_empty(query.shape[1:])
         for block_heads, first_row, weights in weight_blocks(module, query, key, attention_mask, kwargs, None):
-            sink(layer, block_heads, first_row, weights)
+            sink(layer, block_heads, earlier + first_row, weights)
             torch.matmul(weights, values[:, :weights.shape[2]], out=output[:, first_row:first_row + weights.shape[1]])
         return output.transpose(0, 1).unsqueeze(0).contiguous(), None
 
@@ -73,14 +76,17 @@ def side_weights_attention(fast: AttentionFunction, fallback: AttentionFunction,
 
 def reproducible(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                  attention_mask: torch.Tensor | None, kwargs: dict[str, Any]) -> bool:
-    """Whether weight_blocks gives exactly the weights SDPA used for this call."""
+    """Whether weight_blocks gives exactly the weights SDPA used for this call. Queries fewer than the keys are the
+    last positions (a key/value cache holds the keys before them): with a mask, or a single query, which sees every
+    key; without a mask SDPA would align several such queries causally to the first keys instead."""
     if query.dim() != 4 or key.dim() != 4 or value.dim() != 4 or query.shape[0] != 1:
         return False
     heads, kv_heads, rows = query.shape[1], key.shape[1], query.shape[2]
     mask_fits = attention_mask is None or (
         attention_mask.dim() == 4 and attention_mask.shape[0] == 1 and attention_mask.shape[1] in (1, heads)
         and attention_mask.shape[2] in (1, rows) and attention_mask.shape[3] == key.shape[2])
-    return (mask_fits and key.shape[2] == rows and value.shape[1] == kv_heads and heads % kv_heads == 0
+    rows_fit = key.shape[2] == rows or (key.shape[2] > rows and (attention_mask is not None or rows == 1))
+    return (mask_fits and rows_fit and value.shape[1] == kv_heads and heads % kv_heads == 0
             and not module.training and not kwargs.get("dropout")
             and REPRODUCIBLE_KWARGS.issuperset(name for name, given in kwargs.items() if given is not None))
 
@@ -88,12 +94,12 @@ def reproducible(module: nn.Module, query: torch.Tensor, key: torch.Tensor, valu
 def weight_blocks(module: nn.Module, query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor | None,
                   kwargs: dict[str, Any], wanted: Sequence[int] | None,
                   rows: int | None = None) -> Iterator[tuple[list[int], int, torch.Tensor]]:
-    """Yield (query heads, first row, weights in the query's dtype (heads, rows, keys)) for the `wanted` heads
-    (None: all) per block of `rows` rows (default: what fits BLOCK_BYTES). keys is T, or where SDPA runs causal, the
-    block's last row + 1: the keys after it have no weight, so they are neither computed nor held."""
-    heads, length = query.shape[1], query.shape[2]
+    """Yield (query heads, first query row, weights in the query's dtype (heads, rows, keys)) for the `wanted` heads
+    (None: all) per block of `rows` query rows (default: what fits BLOCK_BYTES). keys is every key, or where SDPA
+    runs causal, the block's last row + 1: the keys after it have no weight, so they are neither computed nor held."""
+    heads, length, key_count = query.shape[1], query.shape[2], key.shape[2]
     chosen = list(range(heads)) if wanted is None else sorted(wanted)
-    rows = rows or block_rows(len(chosen), length)
+    rows = rows or block_rows(len(chosen), length, key_count)
     scaling = kwargs.get("scaling")
     scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
     is_causal = kwargs.get("is_causal")
@@ -106,7 +112,7 @@ def weight_blocks(module: nn.Module, query: torch.Tensor, key: torch.Tensor, att
     keys = _per_query_head(key, chosen, heads).transpose(1, 2)
     for first in range(0, length, rows):
         end = min(length, first + rows)
-        width = end if causal else length
+        width = end if causal else key_count
         scores = torch.matmul(queries[:, first:end], keys[:, :, :width])
         if causal:  # only the block's diagonal square holds later keys
             scores[:, :, first:].masked_fill_(later[:end - first, :end - first], float("-inf"))
@@ -121,10 +127,11 @@ def _per_query_head(states: torch.Tensor, heads: Sequence[int], query_heads: int
     return states[0, [head * states.shape[1] // query_heads for head in heads]]
 
 
-def block_rows(heads: int, length: int) -> int:
-    """Rows per block: a multiple of 64 (the store's row block), at least 64, whose float32 weights fit BLOCK_BYTES,
-    and at most a quarter of the rows, so a causal block skips most of the keys after it (about 3/8 of the work)."""
-    fitting = BLOCK_BYTES // (4 * heads * length)
+def block_rows(heads: int, length: int, keys: int | None = None) -> int:
+    """Rows per block of `length` query rows over `keys` keys (default as many): a multiple of 64 (the store's row
+    block), at least 64, whose float32 weights fit BLOCK_BYTES, and at most a quarter of the rows, so a causal block
+    skips most of the keys after it (about 3/8 of the work)."""
+    fitting = BLOCK_BYTES // (4 * heads * (keys or length))
     quarter = -(-length // (BLOCKS_AT_LEAST * ROW_MULTIPLE)) * ROW_MULTIPLE
     return max(ROW_MULTIPLE, min(fitting // ROW_MULTIPLE * ROW_MULTIPLE, quarter))
 

@@ -8,6 +8,7 @@ from the model's own values whatever the encoding.
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -89,6 +90,19 @@ class _DenseLayer:
         self.handle.seek(self.offset + (head * self.head_cells + first_cell) * self.dtype.itemsize)
         self.handle.write(memoryview(np.ascontiguousarray(cells, dtype=self.dtype)))
 
+    def cut(self, shape: tuple[int, ...]) -> None:
+        """Shrink the file to a shorter sequence's `shape`, keeping each head's first rows (a head's causal cells
+        run row by row, so its first rows are its first cells); the heads move back to back."""
+        self.handle.close()
+        longer = np.load(self.path, mmap_mode="r")
+        shorter_path = self.path.with_name(f"{self.path.stem}.cut.npy")
+        shorter = np.lib.format.open_memmap(shorter_path, mode="w+", dtype=self.dtype, shape=shape)
+        shorter[:] = longer[(slice(None), *(slice(0, size) for size in shape[1:]))]
+        shorter.flush()
+        del longer, shorter
+        os.replace(shorter_path, self.path)
+        self.handle = open(self.path, "r+b")
+
     def close(self) -> dict[str, Any]:
         self.handle.close()
         return {"path": self.relative, "sha256": sha256_of(self.path), "bytes": self.path.stat().st_size}
@@ -134,6 +148,15 @@ class _ChunkedLayer:
         self.pending[head], self.pending_cells[head] = [], 0
         return encode_chunk(positions, values)
 
+    def cut(self, num_tokens: int) -> None:
+        """End the layer at `num_tokens` rows, fewer than it was opened for: write each head's chunk of the last,
+        partial row block (complete blocks were written as they ended) and drop the index's later blocks."""
+        last_block = (num_tokens - 1) // ROW_BLOCK
+        for head, pending in enumerate(self.pending):
+            if pending:
+                self.append(head, last_block, self._finished(head))
+        self.index = self.index[:, :row_blocks(num_tokens)]
+
     def append(self, head: int, block: int, chunk: bytes) -> None:
         """Append one head's chunk of row block `block` (one thread, in a fixed order: the same bytes every time)."""
         self.index[head, block] = (self.size, len(chunk))
@@ -166,9 +189,11 @@ class _OpenLayer:
 class LayerWriter:
     """Write the attention of one store into its staging directory, block by block, layer by layer.
 
-    `num_heads` is the model's query heads per layer; `head_indices` (default all) the ones stored, in stored order;
-    `layer_indices` (default: whatever layers are written) the model's layers to store. `dtype` is the user's
-    choice of ATTENTION_DTYPE_CHOICES (`auto`: float16 below COMPACT_FROM_TOKENS tokens, uint8-diffused from there).
+    `num_tokens` is the sequence's length, or where a generation may stop early, the most it can reach (end_at
+    then gives the length it reached). `num_heads` is the model's query heads per layer; `head_indices` (default
+    all) the ones stored, in stored order; `layer_indices` (default: whatever layers are written) the model's layers
+    to store. `dtype` is the user's choice of ATTENTION_DTYPE_CHOICES (`auto`: float16 below COMPACT_FROM_TOKENS
+    tokens, uint8-diffused from there, judged on `num_tokens`).
     With `parallel`, the heads of each block are measured and encoded in parts on its threads (numpy and zlib
     release the GIL there), and written in head order by the calling thread, so the files are the same bytes (a head
     metric, summed over fewer heads at a time, may differ in its last float64 bit).
@@ -244,6 +269,26 @@ class LayerWriter:
                 file.write(head_start + offset, first_cell, item)
             elif item is not None:
                 file.append(head_start + offset, block, item)
+
+    def end_at(self, num_tokens: int) -> None:
+        """Finish every open layer at `num_tokens` tokens, where a causal sequence ended before the length the writer
+        was opened for (a generation that stopped before its token limit: it was opened for the limit). Each open
+        layer must hold exactly rows 0..num_tokens-1 by then."""
+        if num_tokens < self.num_tokens:
+            if not self.causal or self.files:
+                raise StoreError(f"this store cannot end at {num_tokens} of its {self.num_tokens} tokens: only a "
+                                 "causal store whose layers are all still open can end early.")
+            for layer, opened in self._open.items():
+                if (opened.next_row > num_tokens).any():
+                    raise StoreError(f"layer {layer} holds rows past token {num_tokens}, where the store ends.")
+                if isinstance(opened.file, _DenseLayer):
+                    opened.file.cut(stored_shape(self.num_heads, num_tokens, self.causal))
+                else:
+                    opened.file.cut(num_tokens)
+                opened.metrics.cut(num_tokens)
+            self.num_tokens = num_tokens
+        for layer in sorted(self._open):
+            self.finish_layer(layer)
 
     def finish_layer(self, layer: int) -> None:
         """Close a layer whose blocks are all written, and record its file and metrics."""
