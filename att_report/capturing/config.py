@@ -38,7 +38,7 @@ class CaptureConfig:
     saliency: bool = field(default=False, metadata={"help": "also store gradient saliency of each completion token (causal models)"})
     neurons: int = field(default=0, metadata={"help": "also store, per layer, the K hidden units that vary most across tokens"})
     predict_all: bool = field(default=False, metadata={"help": "encoders with a masked-LM head: top-5 predictions at every position, not only [MASK]"})
-    attention_dtype: str = field(default="auto", metadata={"help": "how attention is stored: float16 (each weight within 2^-11 relative), float32 (exact), uint8 (error-diffused bytes: each weight within 1/255, no mass lost, about 0.03 bytes a weight at length), or auto: float16 below " f"{COMPACT_FROM_TOKENS:,} tokens, uint8 from there on"})
+    attention_dtype: str = field(default="auto", metadata={"help": "how attention is stored: float16 (each weight within 2^-11 relative), float32 (exact), uint8 (error-diffused bytes: each weight within 1/255, no mass lost, about 0.03 bytes a weight at length), or auto: float16 below " f"{COMPACT_FROM_TOKENS:,} tokens (counting all of --max-new-tokens when generating), uint8 from there on"})
     layers: str | None = field(default=None, metadata={"help": "store only these layers, as indices and ranges like 0,15,29 or 0-3,7 (default: all)"})
     heads: str | None = field(default=None, metadata={"help": "store only these heads of each stored layer, like 0-3,7; with grouped-query attention, query heads (default: all)"})
     force: bool = field(default=False, metadata={"help": "replace an existing capture at the output path"})

@@ -105,20 +105,34 @@ def weight_blocks(module: nn.Module, query: torch.Tensor, key: torch.Tensor, att
     is_causal = kwargs.get("is_causal")
     is_causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
     causal = attention_mask is None and length > 1 and bool(is_causal)  # as sdpa_attention_forward decides
-    later = torch.ones(rows, rows, dtype=torch.bool, device=query.device).triu(1)  # key after query, in a block
+    if causal:
+        later = torch.ones(rows, rows, dtype=torch.bool, device=query.device).triu(1)  # key after query, in a block
     # Scaled before the product, not after as eager does: the queries, not every score (for the usual power-of-2
-    # scaling, the same numbers). Each query head meets its key/value head's keys.
-    queries = query[0, chosen] * scaling
-    keys = _per_query_head(key, chosen, heads).transpose(1, 2)
+    # scaling, the same numbers).
+    queries, keys = _query_groups(query[0] * scaling, key[0], chosen)
+    dim = queries.shape[-1]
     for first in range(0, length, rows):
         end = min(length, first + rows)
         width = end if causal else key_count
-        scores = torch.matmul(queries[:, first:end], keys[:, :, :width])
+        block = queries[:, :, first:end].reshape(queries.shape[0], -1, dim)
+        scores = torch.matmul(block, keys[:, :, :width]).view(len(chosen), end - first, width)
         if causal:  # only the block's diagonal square holds later keys
             scores[:, :, first:].masked_fill_(later[:end - first, :end - first], float("-inf"))
         elif attention_mask is not None:
             scores = _masked(scores, _mask_block(attention_mask, chosen, first, end))
         yield chosen, first, nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+
+
+def _query_groups(queries: torch.Tensor, keys: torch.Tensor,
+                  chosen: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The `chosen` of the (heads, T, dim) queries as (groups, heads per group, T, dim), beside the (groups, dim,
+    keys) keys each group meets. With every head chosen, a group is a key/value head's query heads, and the keys are
+    the call's own, not a copy per query head: while generating, that copy of the whole cache in every call would
+    cost more than the weights themselves."""
+    heads, kv_heads = queries.shape[0], keys.shape[0]
+    if len(chosen) == heads:
+        return queries.view(kv_heads, heads // kv_heads, *queries.shape[1:]), keys.transpose(1, 2)
+    return queries[chosen].unsqueeze(1), _per_query_head(keys[None], chosen, heads).transpose(1, 2)
 
 
 def _per_query_head(states: torch.Tensor, heads: Sequence[int], query_heads: int) -> torch.Tensor:
