@@ -42,27 +42,29 @@ class BlockStream:
         self.position = {head: position for position, head in enumerate(heads)}  # model head -> stored position
         self.filled: dict[int, int] = {}
         self.layer_cells = len(heads) * writer.num_tokens
-        self.gathered: dict[int, list[tuple[list[int], int, np.ndarray]]] = {}  # per layer: blocks not yet handed over
+        self.gathered: dict[int, list[tuple[list[int], int, torch.Tensor]]] = {}  # per layer: blocks not handed over
         self.pending: deque[tuple[Future[None], int]] = deque()  # each block handed over, with its size
         self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="att-report-writer")
 
     def __call__(self, layer: int, heads: list[int], first_row: int, weights: torch.Tensor) -> None:
-        block = weights.float().cpu().numpy()
-        self.filled[layer] = self.filled.get(layer, 0) + block.shape[0] * block.shape[1]
+        self.filled[layer] = self.filled.get(layer, 0) + weights.shape[0] * weights.shape[1]
         ends_layer = self.filled[layer] == self.layer_cells
         gathered = self.gathered.get(layer)
         if gathered and (gathered[-1][0] != heads or gathered[-1][1] + gathered[-1][2].shape[1] != first_row):
             self._hand_over(layer, ends_layer=False)  # only the next rows of the same heads join a gathered block
         gathered = self.gathered.setdefault(layer, [])
-        gathered.append((heads, first_row, block))
-        end = first_row + block.shape[1]
+        gathered.append((heads, first_row, weights))
+        end = first_row + weights.shape[1]
         if (ends_layer or end % ROW_BLOCK == 0 or end == self.writer.num_tokens
-                or sum(part.nbytes for _, _, part in gathered) >= GATHER_BYTES):
+                or sum(4 * part.numel() for _, _, part in gathered) >= GATHER_BYTES):
             self._hand_over(layer, ends_layer)
 
     def _hand_over(self, layer: int, ends_layer: bool) -> None:
-        """Queue the layer's gathered blocks as one block for the writer, waiting while PENDING_BYTES are queued."""
-        heads, first_row, block = _joined(self.gathered.pop(layer))
+        """Queue the layer's gathered blocks as one float32 block for the writer (copied off an accelerator only
+        now, not at every row, which would stall it once per layer and token), waiting while PENDING_BYTES are
+        queued."""
+        heads, first_row, weights = _joined(self.gathered.pop(layer))
+        block = weights.float().cpu().numpy()
         while self.pending and sum(size for _, size in self.pending) + block.nbytes > PENDING_BYTES:
             self.pending.popleft()[0].result()  # raises the writer's error, if it had one
         future = self.thread.submit(self._write, layer, self.position[heads[0]], first_row, block, ends_layer)
@@ -94,14 +96,14 @@ class BlockStream:
             self.pending.popleft()[0].result()
 
 
-def _joined(blocks: list[tuple[list[int], int, np.ndarray]]) -> tuple[list[int], int, np.ndarray]:
+def _joined(blocks: list[tuple[list[int], int, torch.Tensor]]) -> tuple[list[int], int, torch.Tensor]:
     """Consecutive row blocks of the same heads as one (heads, rows, keys) block, each padded with zeros to the
     widest's keys (a causal block may stop at its last row's key)."""
-    heads, first_row, block = blocks[0]
+    heads, first_row, weights = blocks[0]
     if len(blocks) == 1:
-        return heads, first_row, block
-    joined = np.zeros((block.shape[0], sum(part.shape[1] for _, _, part in blocks),
-                       max(part.shape[2] for _, _, part in blocks)), dtype=np.float32)
+        return heads, first_row, weights
+    joined = weights.new_zeros((weights.shape[0], sum(part.shape[1] for _, _, part in blocks),
+                                max(part.shape[2] for _, _, part in blocks)))
     row = 0
     for _, _, part in blocks:
         joined[:, row:row + part.shape[1], :part.shape[2]] = part
