@@ -12,10 +12,12 @@ import numpy as np
 import pytest
 
 import att_report
+from att_report.analysis import metrics as metrics_module
 from att_report.analysis.metrics import (
     MEDIAN_BOUND,
     METRIC_NAMES,
     METRICS,
+    HeadAccumulator,
     HeadMetrics,
     head_metrics,
     layer_mean,
@@ -164,6 +166,25 @@ def test_metrics_of_a_store_without_them_are_measured_block_by_block(tmp_path: P
     exact = metrics_of_layers(layers, causal=True)
     for name in METRIC_NAMES:
         np.testing.assert_allclose(metrics.values(name), exact.values(name), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_metrics_do_not_depend_on_how_a_heads_rows_are_chunked(monkeypatch: pytest.MonkeyPatch, causal: bool) -> None:
+    """The accumulator measures a head CHUNK_CELLS cells at a time: chunks of a row or two give the same sums, bit
+    for bit, and the same median histogram (causal: with weight above the diagonal, which is ignored)."""
+    layer = np.random.default_rng(5).dirichlet(np.full(90, 0.1), size=(3, 90)).astype(np.float32)
+
+    def measured() -> tuple[np.ndarray, np.ndarray]:
+        accumulator = HeadAccumulator(3, 90, causal)
+        for start in range(0, 90, 40):
+            accumulator.add(0, start, layer[:, start: start + 40])
+        return accumulator.values(), accumulator.histogram
+
+    values, histogram = measured()
+    monkeypatch.setattr(metrics_module, "CHUNK_CELLS", 100)
+    chunked_values, chunked_histogram = measured()
+    np.testing.assert_array_equal(chunked_values, values)
+    np.testing.assert_array_equal(chunked_histogram, histogram)
 
 
 def test_median_histogram_keeps_its_bound_on_tiny_weights() -> None:

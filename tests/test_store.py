@@ -500,6 +500,15 @@ def test_segmented_diffusion_gives_the_bytes_of_one_running_sum(keys: int) -> No
     assert (key <= last_weight[row]).all()  # no byte after a row's last weight: a causal row keeps to its cells
 
 
+def test_diffusing_rows_a_block_at_a_time_gives_the_same_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """diffused_steps takes DIFFUSED_CELLS cells of rows at a time: blocks of two rows give the bytes of one."""
+    rows = np.random.default_rng(2).dirichlet(np.full(300, 0.05), size=9).astype(np.float32)
+    whole = diffused_steps(rows)
+    monkeypatch.setattr("att_report.store.codec.DIFFUSED_CELLS", 600)
+    for blocked, expected in zip(diffused_steps(rows), whole):
+        np.testing.assert_array_equal(blocked, expected)
+
+
 def test_fast_float16_rounding_equals_numpy_bit_for_bit() -> None:
     """The writer's float16 conversion (fast for subnormals) against numpy's own, at the halves where rounding
     to even decides, across every exponent a weight can have."""

@@ -25,6 +25,7 @@ MEDIAN_BITS = 16  # a float32's sign, exponent and top 7 mantissa bits: histogra
 MEDIAN_BINS = (0x3F800000 >> MEDIAN_BITS) + 1  # up to the bin of 1.0
 MEDIAN_BOUND = 2.0**-8  # the median estimate is within this of the median, relative
 _TINY = np.finfo(np.float32).tiny
+CHUNK_CELLS = 1 << 20  # a head's cells measured at a time, at most: bounds the temporaries
 
 
 @dataclass(frozen=True)
@@ -96,52 +97,77 @@ class HeadAccumulator:
             cells = above_diagonal_zeroed(cells, row_start)
         keys = self.keys[row_start: row_start + rows]
         ignored = rows * width - int(keys.sum())  # zeros above the diagonal: not cells, so not counted
-        row_max = cells.max(axis=2)
+        row_max, plogp, row_sums, squares = self._row_terms(head_start, cells, ignored)
         self.peak_any[heads] = np.maximum(self.peak_any[heads], row_max.max(axis=1))
         choosing = keys > 1
         if choosing.any():
             self.peak[heads] = np.maximum(self.peak[heads], row_max[:, choosing].max(axis=1))
-            logs = np.maximum(cells, _TINY)
-            np.log(logs, out=logs)
-            plogp = np.einsum("hrk,hrk->hr", cells, logs)  # 0 * log(tiny) = 0: a zero weight adds nothing
             row_entropy = -plogp[:, choosing] / np.log(keys[choosing])
             self.entropy[heads] += row_entropy.sum(axis=1)
         self.row_max[heads] += row_max.sum(axis=1)
-        self.sparse[heads] += [np.count_nonzero(head < SPARSE_BELOW) - ignored for head in cells]  # no axis: fast
         # Each row is summed in float32 on its own, then rows in float64: the same sums however rows are blocked.
-        row_sums = cells.sum(axis=2)
         self.total[heads] += row_sums.sum(axis=1, dtype=np.float64)
-        self.squares[heads] += np.einsum("hrk,hrk->hr", cells, cells).sum(axis=1, dtype=np.float64)
+        self.squares[heads] += squares.sum(axis=1, dtype=np.float64)
         self.sink[heads] += cells[:, :, 0].sum(axis=1, dtype=np.float64)
         self.distance[heads] += self._distances(cells, row_start, row_sums).sum(axis=1, dtype=np.float64)
-        self._count_bins(heads, cells, ignored)
+
+    def _row_terms(self, head_start: int, cells: np.ndarray, ignored: int) -> np.ndarray:
+        """(4, heads, rows) float32: each row's max, sum of w log w, sum and sum of squares of float32 cells
+        (heads, rows, keys); each head's weights below SPARSE_BELOW and median bins are counted on the way, less
+        `ignored` zeros. A head is taken CHUNK_CELLS cells (whole rows) at a time, at most, so that the temporaries
+        stay small whatever the block, even a whole (1, T, T) head."""
+        count, rows, width = cells.shape
+        terms = np.empty((4, count, rows), dtype=np.float32)
+        row_max, plogp, row_sums, squares = terms
+        step = max(1, CHUNK_CELLS // width)
+        floor = np.full(width, _TINY)  # np.maximum is several times faster with a row than with a scalar
+        logs = np.empty((min(step, rows), width), dtype=np.float32)
+        below = np.empty(logs.shape, dtype=bool)
+        bins = np.empty(logs.shape, dtype=np.intp)  # bincount's own type: it takes them without a copy
+        for head in range(count):
+            sparse = -ignored
+            for start in range(0, rows, step):
+                part = slice(start, start + step)
+                chunk = cells[head, part]
+                log, flags, top = logs[: len(chunk)], below[: len(chunk)], bins[: len(chunk)]
+                chunk.max(axis=1, out=row_max[head, part])
+                np.maximum(chunk, floor, out=log)
+                np.log(log, out=log)
+                np.einsum("rk,rk->r", chunk, log, out=plogp[head, part])  # 0 * log(tiny) = 0: a zero adds nothing
+                sparse += np.count_nonzero(np.less(chunk, SPARSE_BELOW, out=flags))
+                chunk.sum(axis=1, out=row_sums[head, part])
+                np.einsum("rk,rk->r", chunk, chunk, out=squares[head, part])
+                np.right_shift(chunk.view(np.uint32), MEDIAN_BITS, out=top)
+                self._count_bins(head_start + head, top)
+            self.sparse[head_start + head] += sparse
+            self.histogram[head_start + head, 0] -= ignored
+        return terms
 
     def _distances(self, cells: np.ndarray, row_start: int, row_sums: np.ndarray) -> np.ndarray:
         """(heads, rows) sum_j w_ij * |i - j| of float32 cells (heads, rows, keys) of query rows row_start...
 
         Causal rows have no key after them, so the sum is a product with each key's distance from the block's last
         row, less each row's own distance from it times its weight: one matrix-vector product, with terms no larger
-        than the distances themselves."""
+        than the distances themselves. An einsum, not BLAS: OpenBLAS splits the product over threads, and beside a
+        busy core (the model, during a capture) its second thread stalled the writer, doubling the metrics' cost."""
         rows, width = cells.shape[1], cells.shape[2]
         queries = np.arange(row_start, row_start + rows, dtype=np.float32)  # exact: positions stay below 2^24
         if not self.causal:
             return np.einsum("hrk,rk->hr", cells, np.abs(queries[:, None] - np.arange(width, dtype=np.float32)))
         last = np.float32(row_start + rows - 1)
-        return cells @ (last - np.arange(width, dtype=np.float32)) - (last - queries) * row_sums
+        return np.einsum("hrk,k->hr", cells, last - np.arange(width, dtype=np.float32)) - (last - queries) * row_sums
 
-    def _count_bins(self, heads: slice, cells: np.ndarray, ignored: int) -> None:
-        """Add each cell to its median histogram bin: non-negative float32 values order as their bit patterns,
-        so the top bits name a bin; a negative value (sign bit set) or zero lands in bin 0, anything above 1 in
-        the last."""
+    def _count_bins(self, head: int, bins: np.ndarray) -> None:
+        """Add cells of one head, given as the top MEDIAN_BITS bits of their float32 bits, to its median histogram:
+        non-negative float32 values order as their bit patterns, so the top bits name a bin; a negative value (sign
+        bit set) or zero lands in bin 0, anything above 1 in the last."""
         half = 1 << (31 - MEDIAN_BITS)  # the first top-bits value with the sign bit set
-        for offset, head_cells in enumerate(cells):
-            counts = np.bincount((head_cells.view(np.uint32) >> MEDIAN_BITS).ravel(), minlength=MEDIAN_BINS)
-            histogram = self.histogram[heads.start + offset]
-            histogram += counts[:MEDIAN_BINS]
-            if len(counts) > MEDIAN_BINS:  # only for weights outside [0, 1]
-                histogram[0] += counts[half:].sum()
-                histogram[-1] += counts[MEDIAN_BINS: half].sum()
-        self.histogram[heads, 0] -= ignored
+        counts = np.bincount(bins.ravel(), minlength=MEDIAN_BINS)
+        histogram = self.histogram[head]
+        histogram += counts[:MEDIAN_BINS]
+        if len(counts) > MEDIAN_BINS:  # only for weights outside [0, 1]
+            histogram[0] += counts[half:].sum()
+            histogram[-1] += counts[MEDIAN_BINS: half].sum()
 
     def cut(self, num_tokens: int) -> None:
         """Measure a causal layer that ended at `num_tokens` rows, fewer than it was opened for (a row's keys are

@@ -21,6 +21,7 @@ from att_report.errors import StoreError
 ZLIB_LEVEL = 3
 SCALE = 255.0
 SEGMENT = 64  # keys summed at once before the running sum looks inside (see diffused_steps)
+DIFFUSED_CELLS = 1 << 19  # cells diffused at a time (see diffused_steps)
 
 
 def diffuse(weights: np.ndarray) -> np.ndarray:
@@ -39,9 +40,18 @@ def diffused_steps(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray
     A row's bytes are non-zero only where Q_j changes: at most 255 times. So the running sums are taken a SEGMENT of
     keys at a time: every segment's float64 sum, then Q at segment ends, and keys one by one only inside segments
     where Q changes (at length, about a third of them). Keys with no weight after a row's last weight get no byte.
-    Sums in this order and in one long running sum differ by float64 rounding only.
+    Sums in this order and in one long running sum differ by float64 rounding only. Rows are taken DIFFUSED_CELLS
+    cells at a time: a larger block's temporaries outgrow the cache, which made diffusing a quarter slower.
     """
     rows = np.asarray(rows, dtype=np.float32)
+    starts = range(0, max(len(rows), 1), max(1, DIFFUSED_CELLS // max(rows.shape[1], 1)))
+    blocks = [_diffused_block(rows[start: start + starts.step]) for start in starts]
+    return (np.concatenate([row + start for (row, _, _), start in zip(blocks, starts)]),
+            np.concatenate([key for _, key, _ in blocks]), np.concatenate([value for _, _, value in blocks]))
+
+
+def _diffused_block(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`diffused_steps` of float32 rows (rows, keys), all at once."""
     count, keys = rows.shape
     segments = -(-keys // SEGMENT)
     padded = _segmented(rows, segments)
