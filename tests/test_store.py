@@ -369,7 +369,7 @@ def test_a_store_ended_early_equals_one_written_for_its_length(tmp_path: Path, d
     for_length = write_in_blocks(tmp_path / "known", layer, dtype, True, [(0, 3, 0, length)])
     with staged_directory(tmp_path / "ended") as staging:
         writer = LayerWriter(staging, 3, limit, True, dtype)
-        with block_stream(writer, [0, 1, 2], leave_a_core=False) as stream:
+        with block_stream(writer, [0, 1, 2]) as stream:
             stream(7, [0, 1, 2], 0, torch.from_numpy(layer[:, :70, :70]))  # the prompt, ending inside a row block
             for row in range(70, length):
                 stream(7, [0, 1, 2], row, torch.from_numpy(layer[:, row:row + 1, :row + 1]))

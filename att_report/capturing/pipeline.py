@@ -211,7 +211,7 @@ def _generate_recording(loaded: LoadedModel, sites: list[AttentionSite], scope: 
     model = loaded.model
     cache = DynamicCache()
     prompt_length = len(tokens.prompt_ids)
-    with block_stream(writer, scope.heads, leave_a_core=False) as stream, torch.inference_mode(), \
+    with block_stream(writer, scope.heads) as stream, torch.inference_mode(), \
             recording(model, sites, stream, SIDE_WEIGHTS, scope.layers, scope.heads, sdpa_output=True) as log, \
             tapping_final_hidden(model, prompt_length - 1, writer.num_tokens) as final_hidden:
         completion_ids, stop_reason = generate(model, tokens.prompt_ids, config.max_new_tokens, _sampling(config),

@@ -14,7 +14,7 @@ import os
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -37,8 +37,8 @@ class BlockStream:
     block's end or GATHER_BYTES: recording while generating gives one row per layer per token, and the writer's
     fixed cost per block (some forty numpy calls) would otherwise take a core from generation."""
 
-    def __init__(self, writer: LayerWriter, heads: list[int], bar: Any = None) -> None:
-        self.writer, self.bar = writer, bar
+    def __init__(self, writer: LayerWriter, heads: list[int], cores: CoreSharing, bar: Any = None) -> None:
+        self.writer, self.cores, self.bar = writer, cores, bar
         self.position = {head: position for position, head in enumerate(heads)}  # model head -> stored position
         self.filled: dict[int, int] = {}
         self.layer_cells = len(heads) * writer.num_tokens
@@ -47,6 +47,7 @@ class BlockStream:
         self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="att-report-writer")
 
     def __call__(self, layer: int, heads: list[int], first_row: int, weights: torch.Tensor) -> None:
+        self.cores.share(self._writer_busy())
         self.filled[layer] = self.filled.get(layer, 0) + weights.shape[0] * weights.shape[1]
         ends_layer = self.filled[layer] == self.layer_cells
         gathered = self.gathered.get(layer)
@@ -69,8 +70,16 @@ class BlockStream:
             self.pending.popleft()[0].result()  # raises the writer's error, if it had one
         future = self.thread.submit(self._write, layer, self.position[heads[0]], first_row, block, ends_layer)
         self.pending.append((future, block.nbytes))
+        self.cores.share(writer_busy=True)
         if ends_layer and self.bar is not None:
             self.bar.update(1)
+
+    def _writer_busy(self) -> bool:
+        """Whether the writer has blocks left; the written ones leave the queue (raising the writer's error, if it had
+        one)."""
+        while self.pending and self.pending[0][0].done():
+            self.pending.popleft()[0].result()
+        return bool(self.pending)
 
     def _write(self, layer: int, position: int, first_row: int, block: np.ndarray, ends_layer: bool) -> None:
         self.writer.write_block(layer, position, first_row, block)
@@ -130,31 +139,41 @@ def encoding_threads() -> Iterator[ThreadPoolExecutor | None]:
         yield threads
 
 
-@contextmanager
-def cores_left_to_the_writer() -> Iterator[None]:
-    """Run torch on the cores the writer thread and its encoder threads leave it, then restore its thread count.
+class CoreSharing:
+    """Torch's thread count while recording, set on the thread that runs the model: every thread torch had while the
+    writer has nothing queued, and the cores the writer thread and its encoder threads leave while it works.
 
     A torch operation splits its work among its threads and waits for the slowest, so a thread sharing its core with
     the writer made every operation wait: the model ran at half speed beside the writer. Measured on 2 cores, with
-    1 torch thread instead of 2 the recording pass took 0.8x the time at 1,000 tokens and 0.7x at 4,000."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(max(1, min(previous, (os.cpu_count() or 1) - 1 - encoder_count())))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
+    1 torch thread instead of 2 the recording pass took 0.8x the time at 1,000 tokens and 0.7x at 4,000. While
+    generating, the writer is idle between bursts (a row block every 64 tokens), and generation keeps both cores
+    then. The thread count does not change torch's results here (SmolLM2's logits are the same bits on 1 thread
+    and 2), so the tokens stay plain `generate`'s."""
+
+    def __init__(self) -> None:
+        self.full = self.current = torch.get_num_threads()
+        self.shared = max(1, min(self.full, (os.cpu_count() or 1) - 1 - encoder_count()))
+
+    def share(self, writer_busy: bool) -> None:
+        wanted = self.shared if writer_busy else self.full
+        if wanted != self.current:
+            torch.set_num_threads(wanted)
+            self.current = wanted
+
+    def restore(self) -> None:
+        self.share(writer_busy=False)
 
 
 @contextmanager
-def block_stream(writer: LayerWriter, heads: list[int], bar: Any = None, *,
-                 leave_a_core: bool = True) -> Iterator[BlockStream]:
+def block_stream(writer: LayerWriter, heads: list[int], bar: Any = None) -> Iterator[BlockStream]:
     """A BlockStream whose writes have all completed on a normal exit; on an error, its thread has stopped (blocks
-    not yet started are dropped) before the error goes on. With `leave_a_core`, torch runs on the cores the writer
-    leaves it meanwhile (cores_left_to_the_writer)."""
-    stream = BlockStream(writer, heads, bar)
+    not yet started are dropped) before the error goes on. Torch shares the cores with the writer meanwhile
+    (CoreSharing), and has its threads back afterwards."""
+    cores = CoreSharing()
+    stream = BlockStream(writer, heads, cores, bar)
     try:
-        with cores_left_to_the_writer() if leave_a_core else nullcontext():
-            yield stream
+        yield stream
         stream.finish()
     finally:
+        cores.restore()
         stream.thread.shutdown(wait=True, cancel_futures=True)
