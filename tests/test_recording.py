@@ -196,6 +196,26 @@ def test_a_writer_error_reaches_the_capture_as_itself(tmp_path: Path) -> None:
     assert stream.thread._shutdown
 
 
+def test_torch_leaves_the_writer_a_core_only_while_it_has_blocks(tmp_path: Path) -> None:
+    before = torch.get_num_threads()
+    if before < 2:
+        pytest.skip("torch runs on one thread here: there is no core to share")
+    writer = LayerWriter(tmp_path, num_heads=2, num_tokens=128, causal=True, dtype="uint8")
+    with block_stream(writer, [0, 1]) as stream:
+        stream(0, [0, 1], 0, torch.full((2, 64, 64), 1 / 64))  # a whole row block: handed over at once
+        assert torch.get_num_threads() < before
+        stream.pending[-1][0].result()  # written
+        stream(0, [0, 1], 64, torch.full((2, 1, 65), 1 / 65))  # a row, gathered: the writer has nothing queued
+        assert torch.get_num_threads() == before
+        for row in range(65, 128):
+            stream(0, [0, 1], row, torch.full((2, 1, row + 1), 1 / (row + 1)))
+    assert torch.get_num_threads() == before and writer.files[0]["layer"] == 0
+    with pytest.raises(RuntimeError, match="stop"), block_stream(writer, [0, 1]) as stream:
+        stream(1, [0, 1], 0, torch.full((2, 64, 64), 1 / 64))
+        raise RuntimeError("stop")
+    assert torch.get_num_threads() == before
+
+
 def test_a_failing_capture_leaves_no_store_and_restores_attention(tmp_path: Path) -> None:
     """Weights that overflow to NaN are refused on the writer thread; the capture fails with that error."""
     model, tokenizer = build_tiny_model("llama-gqa")
