@@ -25,7 +25,7 @@ from att_report.capturing.recorder import (
     find_attention_sites,
     recording,
 )
-from att_report.capturing.side_weights import side_weights_attention, weight_blocks
+from att_report.capturing.side_weights import SideWeightsAttention, weight_blocks
 from att_report.capturing.streaming import block_stream
 from att_report.errors import StoreError
 from att_report.store import LayerWriter
@@ -144,18 +144,18 @@ def test_calls_sdpa_cannot_reproduce_fall_back() -> None:
 
     module = torch.nn.Module().eval()
     recorded: dict[int, str] = {}
-    attention = side_weights_attention(function("fast"), function("fallback"), {id(module): 0},
-                                       lambda *_: None, None, recorded)
+    attention = SideWeightsAttention(function("fast"), function("fallback"), {id(module): 0},
+                                     lambda *_: None, None, recorded)
     query, key, value = torch.randn(1, 2, 3, 4), torch.randn(1, 2, 3, 4), torch.randn(1, 2, 3, 4)
     output, weights = attention(module, query, key, value, None, scaling=0.5, softcap=None, sliding_window=None)
     scores = (query @ key.transpose(-1, -2) * 0.5).masked_fill(torch.ones(3, 3, dtype=torch.bool).triu(1), -torch.inf)
     torch.testing.assert_close(output, (torch.softmax(scores, -1) @ value).transpose(1, 2), rtol=0, atol=1e-6)
     assert weights is None and calls == [] and recorded == {0: SIDE_WEIGHTS}
-    some_heads = side_weights_attention(function("fast"), function("fallback"), {id(module): 0},
-                                        lambda *_: None, [1], recorded)
+    some_heads = SideWeightsAttention(function("fast"), function("fallback"), {id(module): 0},
+                                      lambda *_: None, [1], recorded)
     some_heads(module, query, key, value, None, scaling=0.5)
-    not_float32 = side_weights_attention(function("fast"), function("fallback"), {id(module): 0},
-                                         lambda *_: None, None, recorded, own_output=False)
+    not_float32 = SideWeightsAttention(function("fast"), function("fallback"), {id(module): 0},
+                                       lambda *_: None, None, recorded, own_output=False)
     not_float32(module, query, key, value, None, scaling=0.5)
     assert calls == ["fast", "fast"]
     for kwargs in ({"softcap": 30.0}, {"s_aux": torch.zeros(2)}, {"position_bias": torch.zeros(1)}):
@@ -164,6 +164,36 @@ def test_calls_sdpa_cannot_reproduce_fall_back() -> None:
     module.train()
     attention(module, query, key, key, None, dropout=0.1)
     assert calls == ["fast", "fast"] + ["fallback"] * 5
+
+
+def test_generation_steps_queries_wait_for_a_row_block_and_give_every_rows_weights() -> None:
+    """A prompt call, then one query per step over the growing keys, as `generate` calls attention: the steps'
+    weights reach the sink a row block at a time (the block ending at row 63 without waiting for the flush), and
+    every row is softmax(q·K^T · scaling) over the keys up to its own, computed here by hand."""
+    module = torch.nn.Module().eval()
+    torch.manual_seed(0)
+    query, key = torch.randn(1, 4, 70, 8), torch.randn(1, 2, 70, 8)
+    blocks: list[tuple[int, int]] = []
+    rows = torch.zeros(4, 70, 70)
+
+    def sink(layer: int, heads: list[int], first_row: int, weights: torch.Tensor) -> None:
+        blocks.append((first_row, weights.shape[1]))
+        rows[heads, first_row:first_row + weights.shape[1], :weights.shape[2]] = weights
+
+    def fast(_module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *_: Any,
+             **__: Any) -> tuple[torch.Tensor, None]:
+        return query.transpose(1, 2), None  # the output is not what this test looks at
+
+    attention = SideWeightsAttention(fast, fast, {id(module): 0}, sink, None, {}, own_output=False)
+    attention(module, query[:, :, :40], key[:, :, :40], key[:, :, :40], None, scaling=0.5)
+    for step in range(40, 70):
+        attention(module, query[:, :, step:step + 1], key[:, :, :step + 1], key[:, :, :step + 1], None, scaling=0.5)
+    assert blocks == [(0, 40), (40, 24)]  # rows 40-63 came when row 63 did; 64-69 still wait
+    attention.flush()
+    assert blocks[-1] == (64, 6)
+    keys = key.repeat_interleave(2, dim=1)[0]  # each pair of query heads shares a key/value head
+    scores = (query[0] @ keys.transpose(1, 2) * 0.5).masked_fill(torch.ones(70, 70, dtype=torch.bool).triu(1), -torch.inf)
+    torch.testing.assert_close(rows, torch.softmax(scores, -1), rtol=0, atol=1e-6)
 
 
 def test_recording_restores_attention_after_a_failure() -> None:
@@ -202,13 +232,9 @@ def test_torch_leaves_the_writer_a_core_only_while_it_has_blocks(tmp_path: Path)
         pytest.skip("torch runs on one thread here: there is no core to share")
     writer = LayerWriter(tmp_path, num_heads=2, num_tokens=128, causal=True, dtype="uint8")
     with block_stream(writer, [0, 1]) as stream:
-        stream(0, [0, 1], 0, torch.full((2, 64, 64), 1 / 64))  # a whole row block: handed over at once
+        stream(0, [0, 1], 0, torch.full((2, 64, 64), 1 / 64))
         assert torch.get_num_threads() < before
-        stream.pending[-1][0].result()  # written
-        stream(0, [0, 1], 64, torch.full((2, 1, 65), 1 / 65))  # a row, gathered: the writer has nothing queued
-        assert torch.get_num_threads() == before
-        for row in range(65, 128):
-            stream(0, [0, 1], row, torch.full((2, 1, row + 1), 1 / (row + 1)))
+        stream(0, [0, 1], 64, torch.full((2, 64, 128), 1 / 128))
     assert torch.get_num_threads() == before and writer.files[0]["layer"] == 0
     with pytest.raises(RuntimeError, match="stop"), block_stream(writer, [0, 1]) as stream:
         stream(1, [0, 1], 0, torch.full((2, 64, 64), 1 / 64))

@@ -211,13 +211,13 @@ def _generate_recording(loaded: LoadedModel, sites: list[AttentionSite], scope: 
     model = loaded.model
     cache = DynamicCache()
     prompt_length = len(tokens.prompt_ids)
-    with block_stream(writer, scope.heads) as stream, torch.inference_mode(), \
-            recording(model, sites, stream, SIDE_WEIGHTS, scope.layers, scope.heads, sdpa_output=True) as log, \
-            tapping_final_hidden(model, prompt_length - 1, writer.num_tokens) as final_hidden:
-        completion_ids, stop_reason = generate(model, tokens.prompt_ids, config.max_new_tokens, _sampling(config),
-                                               progress=config.progress, cache=cache)
-        generated_at = time.perf_counter()
-        last_logits = run_last_token(model, cache, completion_ids[-1])
+    with block_stream(writer, scope.heads) as stream:
+        with recording(model, sites, stream, SIDE_WEIGHTS, scope.layers, scope.heads, sdpa_output=True) as log, \
+                tapping_final_hidden(model, prompt_length - 1, writer.num_tokens) as final_hidden:
+            completion_ids, stop_reason = generate(model, tokens.prompt_ids, config.max_new_tokens,
+                                                   _sampling(config), progress=config.progress, cache=cache)
+            generated_at = time.perf_counter()
+            last_logits = run_last_token(model, cache, completion_ids[-1])
         stream.end_at(prompt_length + len(completion_ids))
     _check_layers(writer, scope)
     scores = _scores(model, tokens.prompt_ids + completion_ids, len(completion_ids), final_hidden.states, last_logits)

@@ -33,8 +33,8 @@ from att_report.capturing.side_weights import (
     SIDE_WEIGHTS,
     AttentionFunction,
     BlockSink,
+    SideWeightsAttention,
     attention_function_replaced,
-    side_weights_attention,
 )
 from att_report.errors import ModelError
 
@@ -263,15 +263,18 @@ def recording(model: PreTrainedModel, sites: list[AttentionSite], sink: BlockSin
             handle = sites[layer].module.register_forward_hook(_hook(layer, sites[layer].index, sink, log, heads))
             stack.callback(handle.remove)
         eager = _chunked_attention(modules, sink, log.methods, heads)
+        side = None
         if method == SIDE_WEIGHTS:
-            stack.enter_context(attention_function_replaced(FAST_IMPLEMENTATION, side_weights_attention(
-                _fast_function(model), eager, modules, sink, heads, log.methods,
-                own_output=model.dtype == torch.float32 and not sdpa_output)))
+            side = SideWeightsAttention(_fast_function(model), eager, modules, sink, heads, log.methods,
+                                        own_output=model.dtype == torch.float32 and not sdpa_output)
+            stack.enter_context(attention_function_replaced(FAST_IMPLEMENTATION, side))
         else:
             stack.enter_context(eager_attention(model))
             if method == HEAD_CHUNKED:
                 stack.enter_context(attention_function_replaced(EAGER, eager))
         yield log
+        if side is not None:
+            side.flush()  # generation steps' queries still waiting for their weights
 
 
 def _fast_function(model: PreTrainedModel) -> AttentionFunction:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -42,36 +43,83 @@ AttentionFunction = Callable[..., tuple[torch.Tensor, torch.Tensor | None]]
 BlockSink = Callable[[int, list[int], int, torch.Tensor], None]
 
 
-def side_weights_attention(fast: AttentionFunction, fallback: AttentionFunction, layers: dict[int, int],
-                           sink: BlockSink, heads: Sequence[int] | None, recorded: dict[int, str],
-                           own_output: bool = True) -> AttentionFunction:
+class SideWeightsAttention:
     """An attention function that streams the weights of the query `heads` (None: all) of the modules in `layers`
     (module id -> layer) to `sink`, entering each such layer in `recorded`, and returns their output where
     `own_output` and every head is recorded, else `fast`'s; other modules run `fast` alone, and calls it cannot
-    reproduce run `fallback`."""
+    reproduce run `fallback`.
 
-    def attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                  attention_mask: torch.Tensor | None, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
-        layer = layers.get(id(module))
+    A generation step's single query, whose output is SDPA's, waits: its weights are computed with the layer's next
+    ones, up to a store row block (ROW_MULTIPLE rows) at a time, over the keys of the last step, which hold every
+    earlier key. One product for 64 rows costs what one for a single row does, and while generating a torch call's
+    fixed cost, not its size, dominates; the store's writer also takes a row block at once. `flush` hands over what
+    is still waiting (recorder.recording does, when the model's calls are done)."""
+
+    def __init__(self, fast: AttentionFunction, fallback: AttentionFunction, layers: dict[int, int],
+                 sink: BlockSink, heads: Sequence[int] | None, recorded: dict[int, str], own_output: bool = True) -> None:
+        self.fast, self.fallback, self.layers, self.sink = fast, fallback, layers, sink
+        self.heads, self.recorded, self.own_output = heads, recorded, own_output
+        self.waiting: dict[int, _WaitingQueries] = {}
+
+    def __call__(self, module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                 attention_mask: torch.Tensor | None, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+        layer = self.layers.get(id(module))
         if layer is None:
-            return fast(module, query, key, value, attention_mask, **kwargs)
+            return self.fast(module, query, key, value, attention_mask, **kwargs)
         if not reproducible(module, query, key, value, attention_mask, kwargs):
-            return fallback(module, query, key, value, attention_mask, **kwargs)
-        recorded[layer] = SIDE_WEIGHTS
+            return self.fallback(module, query, key, value, attention_mask, **kwargs)
+        self.recorded[layer] = SIDE_WEIGHTS
         earlier = key.shape[2] - query.shape[2]  # positions before the first query: a key/value cache's
-        if not own_output or (heads is not None and len(heads) < query.shape[1]):  # it needs every head's weights
-            output = fast(module, query, key, value, attention_mask, **kwargs)
-            for block_heads, first_row, weights in weight_blocks(module, query, key, attention_mask, kwargs, heads):
-                sink(layer, block_heads, earlier + first_row, weights)
+        if not self.own_output or (self.heads is not None and len(self.heads) < query.shape[1]):
+            output = self.fast(module, query, key, value, attention_mask, **kwargs)
+            if earlier and attention_mask is None:  # a generation step: one query, which sees every key
+                self._wait(layer, module, query, key, kwargs)
+            else:
+                self._flush(layer)
+                self._hand_over(layer, module, query, key, attention_mask, kwargs)
             return output
+        self._flush(layer)
         values = _per_query_head(value, range(query.shape[1]), query.shape[1])
         output = query.new_empty(query.shape[1:])
         for block_heads, first_row, weights in weight_blocks(module, query, key, attention_mask, kwargs, None):
-            sink(layer, block_heads, earlier + first_row, weights)
+            self.sink(layer, block_heads, earlier + first_row, weights)
             torch.matmul(weights, values[:, :weights.shape[2]], out=output[:, first_row:first_row + weights.shape[1]])
         return output.transpose(0, 1).unsqueeze(0).contiguous(), None
 
-    return attention
+    def flush(self) -> None:
+        """Hand over the weights of every query still waiting."""
+        for layer in sorted(self.waiting):
+            self._flush(layer)
+
+    def _wait(self, layer: int, module: nn.Module, query: torch.Tensor, key: torch.Tensor,
+              kwargs: dict[str, Any]) -> None:
+        waiting = self.waiting.setdefault(layer, _WaitingQueries(module, kwargs))
+        waiting.queries.append(query.clone())
+        waiting.keys = key  # a cache's keys are a new tensor at each step: this one is never changed
+        if key.shape[2] % ROW_MULTIPLE == 0:
+            self._flush(layer)
+
+    def _flush(self, layer: int) -> None:
+        waiting = self.waiting.pop(layer, None)
+        if waiting is not None:
+            self._hand_over(layer, waiting.module, torch.cat(waiting.queries, dim=2), waiting.keys, None,
+                            waiting.kwargs)
+
+    def _hand_over(self, layer: int, module: nn.Module, query: torch.Tensor, key: torch.Tensor,
+                   attention_mask: torch.Tensor | None, kwargs: dict[str, Any]) -> None:
+        earlier = key.shape[2] - query.shape[2]
+        for block_heads, first_row, weights in weight_blocks(module, query, key, attention_mask, kwargs, self.heads):
+            self.sink(layer, block_heads, earlier + first_row, weights)
+
+
+@dataclass
+class _WaitingQueries:
+    """A layer's generation-step queries whose weights are not computed yet, with the keys of the last one."""
+
+    module: nn.Module
+    kwargs: dict[str, Any]
+    queries: list[torch.Tensor] = field(default_factory=list)
+    keys: torch.Tensor | None = None
 
 
 def reproducible(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -105,6 +153,7 @@ def weight_blocks(module: nn.Module, query: torch.Tensor, key: torch.Tensor, att
     is_causal = kwargs.get("is_causal")
     is_causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
     causal = attention_mask is None and length > 1 and bool(is_causal)  # as sdpa_attention_forward decides
+    earlier = key_count - length  # cached keys before the first query (SideWeightsAttention's waiting queries)
     if causal:
         later = torch.ones(rows, rows, dtype=torch.bool, device=query.device).triu(1)  # key after query, in a block
     # Scaled before the product, not after as eager does: the queries, not every score (for the usual power-of-2
@@ -113,11 +162,11 @@ def weight_blocks(module: nn.Module, query: torch.Tensor, key: torch.Tensor, att
     dim = queries.shape[-1]
     for first in range(0, length, rows):
         end = min(length, first + rows)
-        width = end if causal else key_count
+        width = earlier + end if causal else key_count
         block = queries[:, :, first:end].reshape(queries.shape[0], -1, dim)
         scores = torch.matmul(block, keys[:, :, :width]).view(len(chosen), end - first, width)
         if causal:  # only the block's diagonal square holds later keys
-            scores[:, :, first:].masked_fill_(later[:end - first, :end - first], float("-inf"))
+            scores[:, :, earlier + first:].masked_fill_(later[:end - first, :end - first], float("-inf"))
         elif attention_mask is not None:
             scores = _masked(scores, _mask_block(attention_mask, chosen, first, end))
         yield chosen, first, nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)

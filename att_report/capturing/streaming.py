@@ -22,50 +22,28 @@ import torch
 
 from att_report.capturing.heap import return_freed_memory
 from att_report.store import LayerWriter
-from att_report.store.format import ROW_BLOCK
 from att_report.store.writer import PARALLEL_PARTS
 
 PENDING_BYTES = 512 << 20
-GATHER_BYTES = 4 << 20  # the most a layer's rows wait before going to the writer short of a row block's end
 
 
 class BlockStream:
     """A recording sink (recorder.BlockSink) that hands each block of the stored heads to `writer` on one thread,
-    closes each layer once all its blocks are written, and advances `bar` (if any) by one per layer.
-
-    Blocks that end inside a store row block wait and go to the writer together with the next ones, up to the row
-    block's end or GATHER_BYTES: recording while generating gives one row per layer per token, and the writer's
-    fixed cost per block (some forty numpy calls) would otherwise take a core from generation."""
+    closes each layer once all its blocks are written, and advances `bar` (if any) by one per layer."""
 
     def __init__(self, writer: LayerWriter, heads: list[int], cores: CoreSharing, bar: Any = None) -> None:
         self.writer, self.cores, self.bar = writer, cores, bar
         self.position = {head: position for position, head in enumerate(heads)}  # model head -> stored position
         self.filled: dict[int, int] = {}
         self.layer_cells = len(heads) * writer.num_tokens
-        self.gathered: dict[int, list[tuple[list[int], int, torch.Tensor]]] = {}  # per layer: blocks not handed over
         self.pending: deque[tuple[Future[None], int]] = deque()  # each block handed over, with its size
         self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="att-report-writer")
 
     def __call__(self, layer: int, heads: list[int], first_row: int, weights: torch.Tensor) -> None:
         self.cores.share(self._writer_busy())
-        self.filled[layer] = self.filled.get(layer, 0) + weights.shape[0] * weights.shape[1]
-        ends_layer = self.filled[layer] == self.layer_cells
-        gathered = self.gathered.get(layer)
-        if gathered and (gathered[-1][0] != heads or gathered[-1][1] + gathered[-1][2].shape[1] != first_row):
-            self._hand_over(layer, ends_layer=False)  # only the next rows of the same heads join a gathered block
-        gathered = self.gathered.setdefault(layer, [])
-        gathered.append((heads, first_row, weights))
-        end = first_row + weights.shape[1]
-        if (ends_layer or end % ROW_BLOCK == 0 or end == self.writer.num_tokens
-                or sum(4 * part.numel() for _, _, part in gathered) >= GATHER_BYTES):
-            self._hand_over(layer, ends_layer)
-
-    def _hand_over(self, layer: int, ends_layer: bool) -> None:
-        """Queue the layer's gathered blocks as one float32 block for the writer (copied off an accelerator only
-        now, not at every row, which would stall it once per layer and token), waiting while PENDING_BYTES are
-        queued."""
-        heads, first_row, weights = _joined(self.gathered.pop(layer))
         block = weights.float().cpu().numpy()
+        self.filled[layer] = self.filled.get(layer, 0) + block.shape[0] * block.shape[1]
+        ends_layer = self.filled[layer] == self.layer_cells
         while self.pending and sum(size for _, size in self.pending) + block.nbytes > PENDING_BYTES:
             self.pending.popleft()[0].result()  # raises the writer's error, if it had one
         future = self.thread.submit(self._write, layer, self.position[heads[0]], first_row, block, ends_layer)
@@ -88,36 +66,14 @@ class BlockStream:
             return_freed_memory()
 
     def end_at(self, num_tokens: int) -> None:
-        """The sequence ended at `num_tokens` tokens (a generation, which may stop before the writer's length): hand
-        over what is gathered and have the writer finish every layer still open at that length."""
-        self._hand_over_gathered()
+        """The sequence ended at `num_tokens` tokens (a generation, which may stop before the writer's length): have
+        the writer finish every layer still open at that length."""
         self.pending.append((self.thread.submit(self.writer.end_at, num_tokens), 0))
 
-    def _hand_over_gathered(self) -> None:
-        for layer in list(self.gathered):
-            self._hand_over(layer, ends_layer=False)
-
     def finish(self) -> None:
-        """Hand over what is gathered and wait for every block to be written, raising the writer's error if it had
-        one."""
-        self._hand_over_gathered()
+        """Wait for every block handed over to be written, raising the writer's error if it had one."""
         while self.pending:
             self.pending.popleft()[0].result()
-
-
-def _joined(blocks: list[tuple[list[int], int, torch.Tensor]]) -> tuple[list[int], int, torch.Tensor]:
-    """Consecutive row blocks of the same heads as one (heads, rows, keys) block, each padded with zeros to the
-    widest's keys (a causal block may stop at its last row's key)."""
-    heads, first_row, weights = blocks[0]
-    if len(blocks) == 1:
-        return heads, first_row, weights
-    joined = weights.new_zeros((weights.shape[0], sum(part.shape[1] for _, _, part in blocks),
-                                max(part.shape[2] for _, _, part in blocks)))
-    row = 0
-    for _, _, part in blocks:
-        joined[:, row:row + part.shape[1], :part.shape[2]] = part
-        row += part.shape[1]
-    return heads, first_row, joined
 
 
 def encoder_count() -> int:
