@@ -192,7 +192,8 @@ def test_generation_steps_queries_wait_for_a_row_block_and_give_every_rows_weigh
     attention.flush()
     assert blocks[-1] == (64, 6)
     keys = key.repeat_interleave(2, dim=1)[0]  # each pair of query heads shares a key/value head
-    scores = (query[0] @ keys.transpose(1, 2) * 0.5).masked_fill(torch.ones(70, 70, dtype=torch.bool).triu(1), -torch.inf)
+    later = torch.ones(70, 70, dtype=torch.bool).triu(1)
+    scores = (query[0] @ keys.transpose(1, 2) * 0.5).masked_fill(later, -torch.inf)
     torch.testing.assert_close(rows, torch.softmax(scores, -1), rtol=0, atol=1e-6)
 
 

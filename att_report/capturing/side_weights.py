@@ -55,8 +55,8 @@ class SideWeightsAttention:
     fixed cost, not its size, dominates; the store's writer also takes a row block at once. `flush` hands over what
     is still waiting (recorder.recording does, when the model's calls are done)."""
 
-    def __init__(self, fast: AttentionFunction, fallback: AttentionFunction, layers: dict[int, int],
-                 sink: BlockSink, heads: Sequence[int] | None, recorded: dict[int, str], own_output: bool = True) -> None:
+    def __init__(self, fast: AttentionFunction, fallback: AttentionFunction, layers: dict[int, int], sink: BlockSink,
+                 heads: Sequence[int] | None, recorded: dict[int, str], own_output: bool = True) -> None:
         self.fast, self.fallback, self.layers, self.sink = fast, fallback, layers, sink
         self.heads, self.recorded, self.own_output = heads, recorded, own_output
         self.waiting: dict[int, _WaitingQueries] = {}
@@ -95,7 +95,7 @@ class SideWeightsAttention:
               kwargs: dict[str, Any]) -> None:
         waiting = self.waiting.setdefault(layer, _WaitingQueries(module, kwargs))
         waiting.queries.append(query.clone())
-        waiting.keys = key  # a cache's keys are a new tensor at each step: this one is never changed
+        waiting.keys = key  # a cache only adds keys: the earlier positions' keys never change
         if key.shape[2] % ROW_MULTIPLE == 0:
             self._flush(layer)
 

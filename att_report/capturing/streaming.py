@@ -37,10 +37,18 @@ class BlockStream:
         self.filled: dict[int, int] = {}
         self.layer_cells = len(heads) * writer.num_tokens
         self.pending: deque[tuple[Future[None], int]] = deque()  # each block handed over, with its size
+        self.trimmed = True  # whether the heap was trimmed since the writer last had blocks
         self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="att-report-writer")
 
     def __call__(self, layer: int, heads: list[int], first_row: int, weights: torch.Tensor) -> None:
-        self.cores.share(self._writer_busy())
+        busy = self._writer_busy()
+        self.cores.share(busy)
+        if not busy and not self.trimmed:
+            # The written blocks' pages go back to the system now, not only as each layer ends: while generating,
+            # every layer ends at the end, and the heap kept each row block's pages (1.14 GB peak against 1.04 at
+            # 470 tokens).
+            return_freed_memory()
+            self.trimmed = True
         block = weights.float().cpu().numpy()
         self.filled[layer] = self.filled.get(layer, 0) + block.shape[0] * block.shape[1]
         ends_layer = self.filled[layer] == self.layer_cells
@@ -49,6 +57,7 @@ class BlockStream:
         future = self.thread.submit(self._write, layer, self.position[heads[0]], first_row, block, ends_layer)
         self.pending.append((future, block.nbytes))
         self.cores.share(writer_busy=True)
+        self.trimmed = False
         if ends_layer and self.bar is not None:
             self.bar.update(1)
 
