@@ -18,7 +18,7 @@ from att_report.report.page_types import token_label
 TEXT_LIMIT = 100  # characters of prompt, system and completion text shown on a terminal line
 MODEL_KEYS = ("name", "revision", "architecture", "model_type", "dtype", "context_length")
 # Generation entries shown on lines of their own rather than among the settings.
-_GENERATION_OWN_LINES = ("mode", "stop_reason", "device", "record_attention")
+_GENERATION_OWN_LINES = ("mode", "stop_reason", "device", "record_attention", "recorded")
 
 
 def info(path: Path, with_metrics: bool = False, as_json: bool = False) -> str:
@@ -132,7 +132,7 @@ def fact_lines(facts: dict[str, Any]) -> list[tuple[str, str]]:
         ("generation", _generation_summary(generation)),
         ("stop reason", generation.get("stop_reason")),
         ("device", generation.get("device")),
-        ("attention", _attention_summary(facts["attention"], generation.get("record_attention"))),
+        ("attention", _attention_summary(facts["attention"], recorded_with(generation))),
         ("bound", facts["attention"]["bound"]),
         ("stored layers", _scope(facts["attention"]["layer_indices"], model["num_layers"])),
         ("stored heads", _scope(facts["attention"]["head_indices"], model["num_heads"])),
@@ -186,9 +186,19 @@ def _generation_summary(generation: dict[str, Any]) -> str:
     return ", ".join([str(generation.get("mode")), *settings])
 
 
-def _attention_summary(attention: dict[str, Any], recorded_with: str | None) -> str:
+def _attention_summary(attention: dict[str, Any], recorded: str | None) -> str:
     summary = f"{attention['encoding']}, {attention['layout']}"
-    return summary if recorded_with is None else f"{summary}, recorded with {recorded_with} attention"
+    return summary if recorded is None else f"{summary}, {recorded}"
+
+
+def recorded_with(generation: dict[str, Any]) -> str | None:
+    """How the weights were recorded, as words: `recorded with sdpa-side-weights attention while generating`; None
+    where the manifest does not say (stores written before it did)."""
+    method = generation.get("record_attention")
+    if method is None:
+        return None
+    return f"recorded with {method} attention" + (" while generating" if generation.get("recorded") ==
+                                                   "while generating" else "")
 
 
 def _scope(indices: list[int], count: int) -> str:

@@ -15,6 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 import att_report
 from att_report.capturing.recorder import FLOAT32_TOLERANCE
 from att_report.errors import UsageError
+from att_report.info import info
 from tiny_models import ATTENTION_KINDS, TINY_KINDS
 
 PROMPT = "The quick brown fox jumps over"
@@ -201,6 +202,9 @@ def test_generated_completions_are_recorded_while_generating_where_side_weights_
     generation = generated.manifest["generation"]
     side_weights = generation["record_attention"] == "sdpa-side-weights"
     assert generation["recorded"] == ("while generating" if side_weights else "in one pass")
+    attention_line = next(line for line in info(generated.path).splitlines() if line.startswith("attention"))
+    assert attention_line.endswith(f"recorded with {generation['record_attention']} attention"
+                                   + (" while generating" if side_weights else ""))
 
 
 @all_kinds

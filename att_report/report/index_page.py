@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from att_report.analysis.metrics import HeadMetrics
+from att_report.info import recorded_with
 from att_report.report.chunks import HeadNaming
 from att_report.report.confidence import StripCell, confidence_strip, token_details
 from att_report.report.encode import SCHEME_DESCRIPTION
@@ -150,7 +151,7 @@ def index_facts(store: CaptureStore) -> list[tuple[str, str]]:
         ("Completion", _generation_text(generation)),
     ]
     if generation.get("device"):
-        facts.append(("Device", f"{generation['device']}, recorded with {generation.get('record_attention', 'eager')} attention"))
+        facts.append(("Device", f"{generation['device']}, {recorded_with(generation) or 'recorded with eager attention'}"))
     software = manifest.get("software") or {}
     if software:
         facts.append(("Software", ", ".join(f"{name} {version}" for name, version in sorted(software.items()))))
