@@ -151,7 +151,8 @@ def index_facts(store: CaptureStore) -> list[tuple[str, str]]:
         ("Completion", _generation_text(generation)),
     ]
     if generation.get("device"):
-        facts.append(("Device", f"{generation['device']}, {recorded_with(generation) or 'recorded with eager attention'}"))
+        recorded = recorded_with(generation) or "recorded with eager attention"
+        facts.append(("Device", f"{generation['device']}, {recorded}"))
     software = manifest.get("software") or {}
     if software:
         facts.append(("Software", ", ".join(f"{name} {version}" for name, version in sorted(software.items()))))
