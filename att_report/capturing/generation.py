@@ -1,9 +1,9 @@
 """Generate a completion with the model's own `generate`, so the tokens are the ones a user of the model gets.
 
-Recording can run inside it (capturing/pipeline.py): generation then keeps every key and value in a plain
-DynamicCache, so each call's queries sit at known positions after the cached keys, and after the last token is
-chosen one more step runs it, since `generate` never feeds its last token back and that token's attention row is
-part of the capture.
+Recording can run inside it (capturing/pipeline.py, generate_every_step): generation then keeps every key and value
+in a plain DynamicCache, so each call's queries sit at known positions after the cached keys, and after the last
+token is chosen one more step runs it, since `generate` never feeds its last token back and that token's attention
+row is part of the capture.
 """
 
 from __future__ import annotations
@@ -25,13 +25,27 @@ def sampling_options(sample: bool, seed: int, temperature: float, top_p: float, 
     return {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": top_k}
 
 
+def generate_every_step(model: PreTrainedModel, prompt_ids: list[int], max_new_tokens: int,
+                        sampling: dict[str, Any], *, progress: bool = False,
+                        at_least: int = 0) -> tuple[list[int], str, torch.Tensor]:
+    """Generate as `generate` does, keeping every key and value in a plain DynamicCache, then run the step
+    `generate` leaves out, the last token's over that cache, so every position of prompt + completion has run once
+    (to record while generating); return the completion, why it stopped and the last position's logits."""
+    cache = DynamicCache()
+    completion, stop_reason = generate(model, prompt_ids, max_new_tokens, sampling, progress=progress, cache=cache,
+                                       at_least=at_least)
+    with torch.inference_mode():
+        last_logits = model(torch.tensor([completion[-1:]], device=model.device), use_cache=True,
+                            **{_cache_keyword(model): cache}).logits[0, -1]
+    return completion, stop_reason, last_logits
+
+
 def generate(model: PreTrainedModel, prompt_ids: list[int], max_new_tokens: int, sampling: dict[str, Any], *,
              progress: bool = False, cache: DynamicCache | None = None, at_least: int = 0) -> tuple[list[int], str]:
     """Generate up to `max_new_tokens` (at least `at_least`) after the prompt with the model's fast attention,
-    filling `cache` if given (to record while generating); return the completion and why it stopped (`eos` or
-    `length`)."""
+    filling `cache` if given; return the completion and why it stopped (`eos` or `length`)."""
     input_ids = torch.tensor([prompt_ids], device=model.device)
-    eos = eos_ids(model)
+    eos = _eos_ids(model)
     options: dict[str, Any] = {} if cache is None else {_cache_keyword(model): cache}
     if at_least:
         options["min_new_tokens"] = at_least
@@ -47,19 +61,12 @@ def generate(model: PreTrainedModel, prompt_ids: list[int], max_new_tokens: int,
     return completion, "eos" if completion and completion[-1] in eos else "length"
 
 
-def run_last_token(model: PreTrainedModel, cache: DynamicCache, token_id: int) -> torch.Tensor:
-    """Run the step `generate` leaves out, the last generated token over the cache, and give its logits."""
-    with torch.inference_mode():
-        return model(torch.tensor([[token_id]], device=model.device), use_cache=True,
-                     **{_cache_keyword(model): cache}).logits[0, -1]
-
-
 def _cache_keyword(model: PreTrainedModel) -> str:
     """The keyword that takes a key/value cache: `cache` in recent transformers, `past_key_values` before."""
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
-def eos_ids(model: PreTrainedModel) -> list[int]:
+def _eos_ids(model: PreTrainedModel) -> list[int]:
     eos = model.generation_config.eos_token_id
     if eos is None:
         return []

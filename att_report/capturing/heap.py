@@ -4,7 +4,8 @@ Each block of attention, and each temporary the writer makes of it, is a large a
 one faults fresh zeroed pages in, which once took half the writer's time. Served from the heap, the next block reuses
 the pages the last one freed; glibc's heap serves blocks up to 32 MiB when asked to, and trims its top only when
 told. So the pass keeps its blocks below that size, and trims the heap after each layer, which hands back what the
-layer left free, and whenever the writer has caught up (while generating, every layer ends only at the end). Elsewhere (not glibc) both are no-ops.
+layer left free, and whenever the writer has caught up (while generating, every layer ends only at the end).
+Elsewhere (not glibc) both are no-ops.
 """
 
 from __future__ import annotations

@@ -2,9 +2,9 @@
 
 The recording pass (or generation) asks the model for the last position's logits only and keeps the final hidden
 states of the completion positions (a forward hook on the base model). The output head then runs on those states in
-chunks. That is faithful when the model's logits are its output head applied to the final hidden state, which is checked
-against the model's own logits at the last position; a model that transforms its logits further (soft-capping,
-scaling) gets its logits from a second, plain forward pass instead.
+chunks. That is faithful when the model's logits are its output head applied to the final hidden state, which is
+checked against the model's own logits at the last position; a model that transforms its logits further
+(soft-capping, scaling) gets its logits from a second, plain forward pass instead.
 """
 
 from __future__ import annotations

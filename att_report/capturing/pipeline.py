@@ -25,12 +25,11 @@ import numpy as np
 import torch
 import transformers
 from tqdm.auto import tqdm
-from transformers import DynamicCache
 
 from att_report import __version__
 from att_report.atomic import check_replaceable, staged_directory
 from att_report.capturing.config import CaptureConfig
-from att_report.capturing.generation import generate, run_last_token, sampling_options
+from att_report.capturing.generation import generate, generate_every_step, sampling_options
 from att_report.capturing.heap import keep_blocks_on_heap
 from att_report.capturing.logprobs import TOP_ALTERNATIVES, CompletionScores, score_completion, tapping_final_hidden
 from att_report.capturing.models import LoadedModel, context_length, is_causal_config, load_model, model_facts
@@ -94,7 +93,7 @@ def capture_loaded(loaded: LoadedModel, config: CaptureConfig, output: Path, loa
     sites = find_attention_sites(loaded.model, facts["num_layers"])
     method = probe_attention(loaded.model, sites, tokens.prompt_ids, facts["num_heads"])
     neurons = NeuronRecorder(config.neurons) if config.neurons else None
-    while_generating = _records_while_generating(loaded, sites, method, tokens, config)
+    while_generating = _can_record_while_generating(loaded, sites, method, tokens, config)
     timings = {"load_s": round(load_seconds, 3)}
     if while_generating:
         length = len(tokens.prompt_ids) + config.max_new_tokens  # the most it can reach: the writer ends it earlier
@@ -142,8 +141,8 @@ def capture_loaded(loaded: LoadedModel, config: CaptureConfig, output: Path, loa
     return output
 
 
-def _records_while_generating(loaded: LoadedModel, sites: list[AttentionSite], method: str, tokens: PromptTokens,
-                              config: CaptureConfig) -> bool:
+def _can_record_while_generating(loaded: LoadedModel, sites: list[AttentionSite], method: str,
+                                 tokens: PromptTokens, config: CaptureConfig) -> bool:
     """Whether to record while generating: a completion to generate, nothing that needs the whole sequence first
     (--neurons), side weights for the model, and a probe showing they give every row's weights inside generate."""
     return (loaded.causal and tokens.completion_ids is None and config.max_new_tokens > 0 and not config.neurons
@@ -209,15 +208,13 @@ def _generate_recording(loaded: LoadedModel, sites: list[AttentionSite], scope: 
     the generation can reach), run the last token's step, end the store at the length reached and score the
     completion; also give when generation ended (a perf_counter time)."""
     model = loaded.model
-    cache = DynamicCache()
     prompt_length = len(tokens.prompt_ids)
     with block_stream(writer, scope.heads) as stream:
         with recording(model, sites, stream, SIDE_WEIGHTS, scope.layers, scope.heads, sdpa_output=True) as log, \
                 tapping_final_hidden(model, prompt_length - 1, writer.num_tokens) as final_hidden:
-            completion_ids, stop_reason = generate(model, tokens.prompt_ids, config.max_new_tokens,
-                                                   _sampling(config), progress=config.progress, cache=cache)
-            generated_at = time.perf_counter()
-            last_logits = run_last_token(model, cache, completion_ids[-1])
+            completion_ids, stop_reason, last_logits = generate_every_step(
+                model, tokens.prompt_ids, config.max_new_tokens, _sampling(config), progress=config.progress)
+        generated_at = time.perf_counter()
         stream.end_at(prompt_length + len(completion_ids))
     _check_layers(writer, scope)
     scores = _scores(model, tokens.prompt_ids + completion_ids, len(completion_ids), final_hidden.states, last_logits)

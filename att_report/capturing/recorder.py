@@ -24,10 +24,10 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import DynamicCache, PreTrainedModel
+from transformers import PreTrainedModel
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from att_report.capturing.generation import generate, run_last_token
+from att_report.capturing.generation import generate_every_step
 from att_report.capturing.side_weights import (
     FAST_IMPLEMENTATION,
     SIDE_WEIGHTS,
@@ -147,12 +147,10 @@ def records_while_generating(model: PreTrainedModel, sites: list[AttentionSite],
     generation from the prompt's first tokens; any error or difference means no."""
     prompt = ids[:PROBE_TOKENS // 2]
     blocks, keep = _kept_blocks()
-    cache = DynamicCache()
     try:
         with recording(model, sites, keep, SIDE_WEIGHTS, sdpa_output=True) as log:
-            completion, _ = generate(model, prompt, PROBE_STEPS, {"do_sample": False}, cache=cache,
-                                     at_least=PROBE_STEPS)
-            run_last_token(model, cache, completion[-1])
+            completion, _, _ = generate_every_step(model, prompt, PROBE_STEPS, {"do_sample": False},
+                                                   at_least=PROBE_STEPS)
         recorded = [_assembled(blocks[layer]) for layer in sorted(blocks)]
     except Exception:  # noqa: BLE001 (a model that cannot record this way records in a pass after generating)
         return False

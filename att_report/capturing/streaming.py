@@ -37,6 +37,7 @@ class BlockStream:
         self.filled: dict[int, int] = {}
         self.layer_cells = len(heads) * writer.num_tokens
         self.pending: deque[tuple[Future[None], int]] = deque()  # each block handed over, with its size
+        self.pending_bytes = 0
         self.trimmed = True  # whether the heap was trimmed since the writer last had blocks
         self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="att-report-writer")
 
@@ -52,10 +53,10 @@ class BlockStream:
         block = weights.float().cpu().numpy()
         self.filled[layer] = self.filled.get(layer, 0) + block.shape[0] * block.shape[1]
         ends_layer = self.filled[layer] == self.layer_cells
-        while self.pending and sum(size for _, size in self.pending) + block.nbytes > PENDING_BYTES:
-            self.pending.popleft()[0].result()  # raises the writer's error, if it had one
-        future = self.thread.submit(self._write, layer, self.position[heads[0]], first_row, block, ends_layer)
-        self.pending.append((future, block.nbytes))
+        while self.pending and self.pending_bytes + block.nbytes > PENDING_BYTES:
+            self._retire()
+        self._queue(self.thread.submit(self._write, layer, self.position[heads[0]], first_row, block, ends_layer),
+                    block.nbytes)
         self.cores.share(writer_busy=True)
         self.trimmed = False
         if ends_layer and self.bar is not None:
@@ -65,8 +66,18 @@ class BlockStream:
         """Whether the writer has blocks left; the written ones leave the queue (raising the writer's error, if it had
         one)."""
         while self.pending and self.pending[0][0].done():
-            self.pending.popleft()[0].result()
+            self._retire()
         return bool(self.pending)
+
+    def _queue(self, future: Future[None], size: int) -> None:
+        self.pending.append((future, size))
+        self.pending_bytes += size
+
+    def _retire(self) -> None:
+        """Wait for the oldest block handed over to be written, raising the writer's error if it had one."""
+        future, size = self.pending.popleft()
+        self.pending_bytes -= size
+        future.result()
 
     def _write(self, layer: int, position: int, first_row: int, block: np.ndarray, ends_layer: bool) -> None:
         self.writer.write_block(layer, position, first_row, block)
@@ -77,12 +88,12 @@ class BlockStream:
     def end_at(self, num_tokens: int) -> None:
         """The sequence ended at `num_tokens` tokens (a generation, which may stop before the writer's length): have
         the writer finish every layer still open at that length."""
-        self.pending.append((self.thread.submit(self.writer.end_at, num_tokens), 0))
+        self._queue(self.thread.submit(self.writer.end_at, num_tokens), 0)
 
     def finish(self) -> None:
         """Wait for every block handed over to be written, raising the writer's error if it had one."""
         while self.pending:
-            self.pending.popleft()[0].result()
+            self._retire()
 
 
 def encoder_count() -> int:

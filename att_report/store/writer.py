@@ -75,6 +75,7 @@ class _DenseLayer:
 
     def __init__(self, directory: Path, relative: str, shape: tuple[int, ...], dtype: str) -> None:
         self.path, self.relative = directory / relative, relative
+        self.shape = shape
         created = np.lib.format.open_memmap(self.path, mode="w+", dtype=np.dtype(dtype), shape=shape)
         self.offset, self.dtype = created.offset, created.dtype
         self.head_cells = int(np.prod(shape[1:]))
@@ -90,9 +91,10 @@ class _DenseLayer:
         self.handle.seek(self.offset + (head * self.head_cells + first_cell) * self.dtype.itemsize)
         self.handle.write(memoryview(np.ascontiguousarray(cells, dtype=self.dtype)))
 
-    def cut(self, shape: tuple[int, ...]) -> None:
-        """Shrink the file to a shorter sequence's `shape`, keeping each head's first rows (a head's causal cells
-        run row by row, so its first rows are its first cells); the heads move back to back."""
+    def cut(self, num_tokens: int) -> None:
+        """Shrink a causal layer's file to its first `num_tokens` rows (a head's cells run row by row, so its first
+        rows are its first cells); the heads move back to back."""
+        shape = stored_shape(self.shape[0], num_tokens, causal=True)
         self.handle.close()
         longer = np.load(self.path, mmap_mode="r")
         shorter_path = self.path.with_name(f"{self.path.stem}.cut.npy")
@@ -281,10 +283,7 @@ class LayerWriter:
             for layer, opened in self._open.items():
                 if (opened.next_row > num_tokens).any():
                     raise StoreError(f"layer {layer} holds rows past token {num_tokens}, where the store ends.")
-                if isinstance(opened.file, _DenseLayer):
-                    opened.file.cut(stored_shape(self.num_heads, num_tokens, self.causal))
-                else:
-                    opened.file.cut(num_tokens)
+                opened.file.cut(num_tokens)
                 opened.metrics.cut(num_tokens)
             self.num_tokens = num_tokens
         for layer in sorted(self._open):
